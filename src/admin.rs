@@ -1,0 +1,134 @@
+//! The admin listener (loopback by default): `GET /healthz`, `/readyz`, `/routes`,
+//! `/metrics`. Plain HTTP/1.1; never on the request path.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::Shared;
+
+pub async fn serve(listener: TcpListener, shared: &'static Shared) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let service =
+                service_fn(move |req| async move { Ok::<_, Infallible>(respond(shared, &req)) });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            if shared.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+            } else {
+                text(StatusCode::OK, "ready\n".into())
+            }
+        }
+        "/routes" => {
+            let body = serde_json::to_string_pretty(&routes(shared)).unwrap_or_default();
+            with_type(StatusCode::OK, body + "\n", "application/json")
+        }
+        "/metrics" => with_type(
+            StatusCode::OK,
+            shared.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz /readyz /routes /metrics\n".into(),
+        ),
+    }
+}
+
+/// The live table as JSON: version, load time, every split with configured weights and
+/// the shares observed since the last reload.
+pub fn routes(shared: &Shared) -> serde_json::Value {
+    let table = shared.routes.load();
+    let loaded = table.loaded_at;
+    let splits: Vec<_> = table
+        .splits()
+        .iter()
+        .map(|s| {
+            let total_weight = s.total_weight();
+            let observed_total: u64 = s.backends.iter().map(|b| b.observed()).sum();
+            let backends: Vec<_> = s
+                .backends
+                .iter()
+                .map(|b| {
+                    let observed = b.observed();
+                    json!({
+                        "service": b.service,
+                        "weight": b.weight,
+                        "configuredShare": if total_weight == 0 { 0.0 } else { b.weight as f64 / total_weight as f64 },
+                        "requests": observed,
+                        "observedShare": if observed_total == 0 { serde_json::Value::Null } else { json!(observed as f64 / observed_total as f64) },
+                        "endpoints": b.endpoints.list(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": s.name,
+                "namespace": s.namespace,
+                "service": s.service,
+                "hosts": s.hosts,
+                "selection": format!("{:?}", s.selection).to_lowercase(),
+                "totalWeight": total_weight,
+                "fallback": s.fallback.as_ref().map(|f| &f.service),
+                "backends": backends,
+            })
+        })
+        .collect();
+    json!({
+        "version": table.version,
+        "loadedAt": humantime::format_rfc3339_millis(loaded).to_string(),
+        "loadedAtUnix": loaded.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        "config": shared.config_path.display().to_string(),
+        "fingerprint": format!("{:016x}", table.config.fingerprint),
+        "lastReloadErrors": shared.last_errors.load().as_deref().cloned().unwrap_or_default(),
+        "splits": splits,
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("splitproxy"));
+    resp
+}

@@ -1,0 +1,185 @@
+//! Serde mirrors of the YAML documents, field for field. Nothing here decides a default
+//! or checks a value: `config::validate` does that and names the field when it refuses.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// `metadata` of any Kubernetes-style document. Other metadata fields (labels,
+/// ownerReferences, ...) are accepted and ignored, as the API server would keep them.
+#[derive(Debug, Default, Deserialize)]
+pub struct Metadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `splitproxy.dev/v1alpha1` `Proxy`: our own kind, so unknown fields are typos and refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: ProxySpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxySpec {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+    pub tls: Option<Tls>,
+    pub access: Option<String>,
+    pub timeouts: Option<Timeouts>,
+    pub shutdown: Option<Shutdown>,
+    pub expose_backend: Option<bool>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
+    #[serde(rename = "clientCA")]
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    pub connect: Option<String>,
+    pub upstream: Option<String>,
+    pub client_header: Option<String>,
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Shutdown {
+    pub delay: Option<String>,
+    pub grace: Option<String>,
+}
+
+/// `split.smi-spec.io` `TrafficSplit`, every version: v1alpha1 weights are quantities,
+/// later ones integers; v1alpha3+ add `matches`. Top-level extras (`status`) are ignored.
+#[derive(Debug, Deserialize)]
+pub struct TrafficSplitDoc {
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: TrafficSplitSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSplitSpec {
+    pub service: String,
+    pub backends: Vec<SplitBackend>,
+    #[serde(default)]
+    pub matches: Vec<MatchRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitBackend {
+    pub service: String,
+    /// Kept raw: an integer in v1alpha2+, a Kubernetes quantity (`500m`, `1`) in v1alpha1.
+    pub weight: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MatchRef {
+    pub kind: String,
+    pub name: String,
+    #[allow(dead_code)]
+    pub api_group: Option<String>,
+}
+
+/// `specs.smi-spec.io` `HTTPRouteGroup`: `matches` at the top level in v1alpha1, under
+/// `spec` from v1alpha2 on.
+#[derive(Debug, Deserialize)]
+pub struct HttpRouteGroupDoc {
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: Option<HttpRouteGroupSpec>,
+    pub matches: Option<Vec<HttpMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HttpRouteGroupSpec {
+    #[serde(default)]
+    pub matches: Vec<HttpMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatch {
+    pub name: String,
+    pub path_regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<Headers>,
+}
+
+/// Both shapes seen in the wild: `headers: {name: regex}` and `headers: [{name: regex}]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Headers {
+    Map(BTreeMap<String, String>),
+    List(Vec<BTreeMap<String, String>>),
+}
+
+impl Headers {
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        match self {
+            Headers::Map(m) => m.into_iter().collect(),
+            Headers::List(l) => l.into_iter().flatten().collect(),
+        }
+    }
+}
+
+/// `access.smi-spec.io` `TrafficTarget`: v1alpha1 keeps `destination`, `sources` and
+/// `specs` at the top level, v1alpha2+ under `spec` (where `specs` became `rules`).
+#[derive(Debug, Deserialize)]
+pub struct TrafficTargetDoc {
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: Option<TrafficTargetSpec>,
+    pub destination: Option<IdentityRef>,
+    pub sources: Option<Vec<IdentityRef>>,
+    pub specs: Option<Vec<RuleRef>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrafficTargetSpec {
+    pub destination: IdentityRef,
+    #[serde(default)]
+    pub sources: Vec<IdentityRef>,
+    #[serde(default)]
+    pub rules: Vec<RuleRef>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdentityRef {
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RuleRef {
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub matches: Vec<String>,
+}

@@ -1,0 +1,240 @@
+//! Parsers for the scalar forms the documents use: Go-style durations, Kubernetes
+//! quantities (v1alpha1 weights) and `host:port` endpoints. Each returns a reason string
+//! that the caller wraps with the file, document and field.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// `500ms`, `10s`, `2m`, `1h`, `1m30s`, `1.5s`, `0s` (the forms Kubernetes users write).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration such as 500ms, 10s or 2m, got {text:?}");
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+/// A Kubernetes quantity as milli-units: `1` = 1000, `500m` = 500, `1.5` = 1500,
+/// `2k` = 2 000 000. Fractions of a milli-unit round up, as Kubernetes does.
+pub fn parse_quantity_milli(text: &str) -> Result<i128, String> {
+    let bad =
+        || format!("expected a number or a Kubernetes quantity such as 500m or 1, got {text:?}");
+    let s = text.trim();
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let num_len = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(num_len);
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return Err(bad());
+    }
+    // (multiplier numerator, power of ten) for the suffix, applied to milli-units
+    let (binary, exp10): (i128, i32) = match suffix {
+        "" => (1, 3),
+        "m" => (1, 0),
+        "k" => (1, 6),
+        "M" => (1, 9),
+        "G" => (1, 12),
+        "T" => (1, 15),
+        "P" => (1, 18),
+        "E" => (1, 21),
+        "Ki" => (1 << 10, 3),
+        "Mi" => (1 << 20, 3),
+        "Gi" => (1 << 30, 3),
+        "Ti" => (1 << 40, 3),
+        "Pi" => (1 << 50, 3),
+        "Ei" => (1 << 60, 3),
+        _ => return Err(bad()),
+    };
+    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+    let digits = format!("{int_part}{frac_part}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 30 {
+        return Err(format!("{text:?} is too large"));
+    }
+    let mantissa: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| bad())?
+    };
+    let exp = exp10 - frac_part.len() as i32;
+    let value = if exp >= 0 {
+        mantissa
+            .checked_mul(10i128.pow(exp as u32))
+            .and_then(|v| v.checked_mul(binary))
+            .ok_or_else(|| format!("{text:?} is too large"))?
+    } else {
+        let div = 10i128.pow((-exp) as u32);
+        let scaled = mantissa
+            .checked_mul(binary)
+            .ok_or_else(|| format!("{text:?} is too large"))?;
+        (scaled + div - 1) / div
+    };
+    Ok(if negative { -value } else { value })
+}
+
+/// One entry of `spec.services`: `host:port`, host an IP (IPv6 in brackets) or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// Set when `host` is an IP literal: no resolution needed.
+    pub addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            Some(addr) => write!(f, "{addr}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let bad =
+        |why: &str| format!("expected host:port such as 127.0.0.1:8080, got {text:?} ({why})");
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(bad("port must be 1-65535"));
+        }
+        return Ok(Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            addr: Some(addr),
+        });
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+    if port == 0 {
+        return Err(bad("port must be 1-65535"));
+    }
+    if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+        return Err(bad("bad address"));
+    }
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid_name {
+        return Err(bad("bad host name"));
+    }
+    Ok(Endpoint {
+        host: host.to_ascii_lowercase(),
+        port,
+        addr: None,
+    })
+}
+
+/// `0.0.0.0:8443`, `127.0.0.1:0`, `[::]:8443` or `:8443` (all IPv4 addresses).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+        }
+    }
+    if text == "localhost" || text.starts_with("localhost:") {
+        if let Some(Ok(port)) = text.strip_prefix("localhost:").map(str::parse::<u16>) {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    text.parse().map_err(|_| {
+        format!("expected an address such as 0.0.0.0:8443 or 127.0.0.1:9901, got {text:?}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "10", "s", "10x", "-1s", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        let q = |s| parse_quantity_milli(s).unwrap();
+        assert_eq!(q("1"), 1000);
+        assert_eq!(q("500m"), 500);
+        assert_eq!(q("1500m"), 1500);
+        assert_eq!(q("1.5"), 1500);
+        assert_eq!(q("0.0005"), 1); // rounds up to a milli-unit
+        assert_eq!(q("2k"), 2_000_000);
+        assert_eq!(q("1Ki"), 1_024_000);
+        assert_eq!(q("0"), 0);
+        assert_eq!(q("-5"), -5000);
+        for bad in ["", "m", "1x", "1.2.3", "abc", "."] {
+            assert!(parse_quantity_milli(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = parse_endpoint("127.0.0.1:8081").unwrap();
+        assert_eq!(e.addr, Some("127.0.0.1:8081".parse().unwrap()));
+        let e = parse_endpoint("[::1]:80").unwrap();
+        assert_eq!(e.port, 80);
+        let e = parse_endpoint("My-Svc.default.svc:9000").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.addr),
+            ("my-svc.default.svc", 9000, None)
+        );
+        for bad in [
+            "",
+            "host",
+            "host:",
+            "host:0",
+            "host:70000",
+            ":80",
+            "a b:80",
+            "1.2.3:80x",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

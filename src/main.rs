@@ -1,0 +1,237 @@
+//! Command line: `run`, `validate`, `certs init`. Logging setup, the Tokio runtime with
+//! `--workers` threads, signals, and exit codes live here; everything else is the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use splitproxy::{config, pki, routing::RoutingTable, Server, StartError};
+
+#[derive(Parser)]
+#[command(
+    name = "splitproxy",
+    version,
+    about = "A small, exact traffic-splitting L7 proxy: mTLS, SMI TrafficSplit routing, hot reload"
+)]
+struct Cli {
+    /// Log format on stderr: human (default on a terminal) or json.
+    #[arg(long, global = true, env = "SPLITPROXY_LOG_FORMAT", value_parser = ["human", "json"])]
+    log_format: Option<String>,
+    /// Log filter, e.g. info, debug, splitproxy=debug (RUST_LOG syntax).
+    #[arg(long, global = true, env = "SPLITPROXY_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: reload on file change and SIGHUP; drain and exit on SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Load and validate exactly as `run` would; print the routing table, or every error.
+    Validate {
+        /// A YAML file, or a folder of *.yaml/*.yml files.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A YAML file, or a folder of *.yaml/*.yml files.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Worker threads (default: the number of cores).
+    #[arg(long, env = "SPLITPROXY_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA, a server certificate and client certificates (SPIFFE IDs).
+    Init {
+        /// Folder to write into (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Server certificate names: DNS names or IP addresses (repeatable).
+        #[arg(long = "san", default_values = ["localhost", "127.0.0.1"])]
+        sans: Vec<String>,
+        /// Client certificate NAME=SPIFFE-ID (repeatable); NAME alone gets
+        /// spiffe://cluster.local/ns/default/sa/NAME. Default: one client named `client`.
+        #[arg(long = "client")]
+        clients: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format.as_deref(), &cli.log);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Validate { config } => validate(config),
+        Command::Certs(CertsCommand::Init {
+            dir,
+            sans,
+            clients,
+            force,
+        }) => certs_init(&dir, &sans, &clients, force),
+    }
+}
+
+fn init_logging(format: Option<&str>, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(f) => f == "json",
+        None => {
+            !std::io::stderr().is_terminal() && std::env::var_os("SPLITPROXY_LOG_JSON").is_some()
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let rt = match runtime(args.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let server = match Server::start(args.config).await {
+            Ok(s) => s,
+            Err(StartError::Config(errors)) => {
+                print_errors(&errors);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = wait_for_signals(&server).await {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+        server.wait().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGHUP reloads; SIGTERM or SIGINT starts the drain (a second one exits at once).
+async fn wait_for_signals(server: &Server) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => server.reload(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: /readyz now fails");
+    server.shutdown();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting without waiting for open requests");
+        std::process::exit(0);
+    });
+    Ok(())
+}
+
+fn print_errors(errors: &[config::ConfigError]) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} error(s); configuration rejected", errors.len());
+}
+
+fn validate(path: PathBuf) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // TLS material is checked as `run` would check it
+    if let Some(t) = &config.proxy.tls {
+        if let Err(e) = splitproxy::tls::Acceptor::new(t) {
+            eprintln!("error: {}: {e}", config.proxy.origin);
+            return ExitCode::FAILURE;
+        }
+    }
+    let metrics = splitproxy::metrics::Metrics::new();
+    let table = rt.block_on(RoutingTable::build(
+        std::sync::Arc::new(config),
+        1,
+        &metrics,
+    ));
+    println!("configuration OK: {}", path.display());
+    print!("{}", table.describe());
+    ExitCode::SUCCESS
+}
+
+fn certs_init(dir: &std::path::Path, sans: &[String], clients: &[String], force: bool) -> ExitCode {
+    let clients: Vec<(String, String)> = if clients.is_empty() {
+        vec![("client".into(), pki::default_spiffe("client"))]
+    } else {
+        clients
+            .iter()
+            .map(|c| match c.split_once('=') {
+                Some((name, uri)) => (name.to_string(), uri.to_string()),
+                None => (c.clone(), pki::default_spiffe(c)),
+            })
+            .collect()
+    };
+    match pki::init(dir, force, sans, &clients) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! One request, downstream to upstream and back.
+//!
+//! `handle` (outer) never fails: it turns a `ProxyError` into the proxy's own response.
+//! `forward` (inner): route (one `ArcSwap` load, host lookup, split match, weighted pick,
+//! endpoint) -> rewrite headers -> pooled upstream request under the upstream timeout ->
+//! response headers. Bodies stream through untouched in both directions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::app::Shared;
+use crate::error::ProxyError;
+
+/// Response body: a backend's streamed body, or a small one the proxy made.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+pub static X_SPLITPROXY_BACKEND: HeaderName = HeaderName::from_static("x-splitproxy-backend");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the request path needs to know about the downstream connection, made once per
+/// connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer IP as a header value, for `x-forwarded-for`.
+    pub peer_ip: HeaderValue,
+    /// `http` or `https`, for `x-forwarded-proto`.
+    pub proto: HeaderValue,
+    /// `x-forwarded-client-cert` for the verified client certificate, if any.
+    pub xfcc: Option<HeaderValue>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, xfcc: Option<HeaderValue>) -> Self {
+        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        ConnInfo {
+            peer,
+            peer_ip,
+            proto,
+            xfcc,
+        }
+    }
+}
+
+/// Serve one request. Never fails: errors become the proxy's own responses.
+pub async fn handle(
+    shared: &'static Shared,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    match forward(shared, &conn, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, "{e}");
+            e.into_response()
+        }
+    }
+}
+
+async fn forward(
+    shared: &'static Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    // Route while the table guard is held; keep only owned handles across the await.
+    let (backend, endpoint, upstream_timeout, expose) = {
+        let table = shared.routes.load();
+        let host = request_host(&req).ok_or(ProxyError::NoHost)?;
+        let route = table
+            .lookup(host)
+            .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
+        let split = route
+            .select(req.method(), req.uri().path(), req.headers())
+            .ok_or_else(|| ProxyError::NoMatch {
+                host: host.to_string(),
+                method: req.method().clone(),
+                path: req.uri().path().to_string(),
+            })?;
+        let backend = split
+            .pick()
+            .ok_or_else(|| ProxyError::NoBackend(format!("{}/{}", split.namespace, split.name)))?;
+        let endpoint = backend.endpoint();
+        (
+            backend.clone(),
+            endpoint,
+            table.timeouts.upstream,
+            table.expose_backend,
+        )
+    };
+    let Some(endpoint) = endpoint else {
+        backend.counters.observe(StatusCode::BAD_GATEWAY);
+        return Err(ProxyError::NoEndpoint(backend.service.clone()));
+    };
+
+    let downstream_upgrade = prepare_request(&mut req, conn, endpoint.clone());
+    let result = tokio::time::timeout(upstream_timeout, shared.upstream.request(req)).await;
+    let mut resp = match result {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            let reason = error_chain(&e);
+            let err = if e.is_connect() {
+                ProxyError::Connect {
+                    service: backend.service.clone(),
+                    endpoint: endpoint.to_string(),
+                    reason,
+                }
+            } else {
+                ProxyError::Upstream {
+                    service: backend.service.clone(),
+                    endpoint: endpoint.to_string(),
+                    reason,
+                }
+            };
+            backend.counters.observe(err.status());
+            return Err(err);
+        }
+        Err(_) => {
+            let err = ProxyError::Timeout {
+                service: backend.service.clone(),
+                endpoint: endpoint.to_string(),
+                after: upstream_timeout,
+            };
+            backend.counters.observe(err.status());
+            return Err(err);
+        }
+    };
+    backend.counters.observe(resp.status());
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = downstream_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    if expose {
+        resp.headers_mut()
+            .insert(X_SPLITPROXY_BACKEND.clone(), backend.header.clone());
+    }
+    Ok(resp.map(Either::Left))
+}
+
+/// The host the client addressed: `:authority` (h2, absolute-form) or `Host`.
+#[inline]
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+}
+
+/// Rewrite a downstream request for the upstream: origin URI on the chosen endpoint,
+/// hop-by-hop headers removed, forwarding headers set, client identity replaced.
+/// Returns the downstream side of an HTTP upgrade, when the request asks for one.
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    conn: &ConnInfo,
+    endpoint: Authority,
+) -> Option<hyper::upgrade::OnUpgrade> {
+    let upgrade = if req.version() == Version::HTTP_11 {
+        upgrade_protocol(req.headers())
+    } else {
+        None
+    };
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
+
+    // Host as the client sent it; h2 carries it in :authority only.
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => h.clone(),
+        None => match req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            Some(h) => {
+                req.headers_mut().insert(header::HOST, h.clone());
+                h
+            }
+            None => HeaderValue::from_static(""),
+        },
+    };
+
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    append_forwarded_for(headers, &conn.peer_ip);
+    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    if !host.is_empty() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    // A caller never chooses its own identity.
+    headers.remove(&X_FORWARDED_CLIENT_CERT);
+    if let Some(xfcc) = &conn.xfcc {
+        headers.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
+    }
+    on_upgrade
+}
+
+/// `Upgrade` value when `Connection` lists `upgrade` (a WebSocket handshake, say).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Remove hop-by-hop headers (RFC 9110 section 7.6.1): those named in `Connection`, then
+/// the fixed set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// `x-forwarded-for: <existing>, <peer>` (all existing lines folded into one).
+fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        return;
+    }
+    let mut value = BytesMut::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(peer_ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Copy bytes both ways between the upgraded client and upstream connections.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!("upgraded connection ended: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("upgrade failed: {e}"),
+    }
+}
+
+/// An error with its causes, `a: b: c`, for messages.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let ip = HeaderValue::from_static("10.0.0.9");
+        append_forwarded_for(&mut h, &ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        append_forwarded_for(&mut h, &ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+    }
+}

@@ -1,0 +1,103 @@
+//! The proxy listener: accept, TLS handshake (when configured), then hyper-util's auto
+//! server (HTTP/1.1 and HTTP/2, h2c prior knowledge on plain listeners) with every request
+//! going to `proxy::handle`. Each connection is watched for graceful shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::Shared;
+use crate::proxy::{self, ConnInfo};
+
+/// Pause after an accept error (out of file descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accept until `stop` turns true, then let open connections finish within
+/// `shutdown.grace`: keep-alive connections are told to close (HTTP/1.1
+/// `connection: close`, HTTP/2 GOAWAY).
+pub async fn serve(
+    listener: TcpListener,
+    shared: &'static Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let tls = shared.tls.load_full();
+                        match tls {
+                            Some(acceptor) => {
+                                let timeout = shared.routes.load().timeouts.client_header;
+                                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                    Ok(Ok((stream, xfcc))) => {
+                                        let conn = Arc::new(ConnInfo::new(peer, true, xfcc));
+                                        serve_http(stream, conn, shared, watcher).await;
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                            None => serve_http(tcp, Arc::new(ConnInfo::new(peer, false, None)), shared, watcher).await,
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            // a change, or the sender gone: either way, stop
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let grace = shared.routes.load().config.proxy.shutdown.grace;
+    let open = graceful.count();
+    tracing::info!(
+        "stopped accepting; {open} connection(s) get up to {} to finish",
+        humantime::format_duration(grace)
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace of {} expired; closing the remaining connections", humantime::format_duration(grace)),
+    }
+}
+
+async fn serve_http<I>(io: I, conn: Arc<ConnInfo>, shared: &'static Shared, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeouts = shared.routes.load().timeouts;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper starts this clock whenever it waits for a request head, idle or not
+        .header_read_timeout(timeouts.client_header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(timeouts.idle))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let peer = conn.peer;
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, "connection ended: {}", proxy::error_chain(&*e));
+    }
+}

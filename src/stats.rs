@@ -1,0 +1,143 @@
+//! Pearson's chi-square goodness-of-fit test, for judging how exactly a split is honoured.
+
+/// Result of comparing observed counts with configured weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChiSquare {
+    pub statistic: f64,
+    pub degrees_of_freedom: usize,
+    /// Probability of a deviation at least this large if the split is exactly the weights.
+    pub p_value: f64,
+}
+
+/// Test `observed` counts against relative `weights`. Categories with weight 0 must see
+/// no traffic: any count there makes p = 0.
+pub fn chi_square(observed: &[u64], weights: &[f64]) -> ChiSquare {
+    let n: u64 = observed.iter().sum();
+    let total_weight: f64 = weights.iter().sum();
+    let mut statistic = 0.0;
+    let mut categories = 0usize;
+    let mut impossible = false;
+    for (&o, &w) in observed.iter().zip(weights) {
+        if w <= 0.0 {
+            impossible |= o > 0;
+            continue;
+        }
+        categories += 1;
+        let expected = n as f64 * w / total_weight;
+        let d = o as f64 - expected;
+        statistic += d * d / expected;
+    }
+    let degrees_of_freedom = categories.saturating_sub(1);
+    let p_value = if impossible {
+        0.0
+    } else if degrees_of_freedom == 0 || n == 0 {
+        1.0
+    } else {
+        gamma_q(degrees_of_freedom as f64 / 2.0, statistic / 2.0)
+    };
+    ChiSquare {
+        statistic: if impossible { f64::INFINITY } else { statistic },
+        degrees_of_freedom,
+        p_value,
+    }
+}
+
+/// Regularized upper incomplete gamma Q(a, x) (series below a+1, continued fraction above).
+pub fn gamma_q(a: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    if x < a + 1.0 {
+        1.0 - gamma_p_series(a, x)
+    } else {
+        gamma_q_fraction(a, x)
+    }
+}
+
+fn gamma_p_series(a: f64, x: f64) -> f64 {
+    let mut sum = 1.0 / a;
+    let mut term = sum;
+    let mut ap = a;
+    for _ in 0..1000 {
+        ap += 1.0;
+        term *= x / ap;
+        sum += term;
+        if term.abs() < sum.abs() * 1e-15 {
+            break;
+        }
+    }
+    sum * (-x + a * x.ln() - ln_gamma(a)).exp()
+}
+
+fn gamma_q_fraction(a: f64, x: f64) -> f64 {
+    let tiny = 1e-300;
+    let mut b = x + 1.0 - a;
+    let mut c = 1.0 / tiny;
+    let mut d = 1.0 / b;
+    let mut h = d;
+    for i in 1..1000 {
+        let an = -(i as f64) * (i as f64 - a);
+        b += 2.0;
+        d = an * d + b;
+        if d.abs() < tiny {
+            d = tiny;
+        }
+        c = b + an / c;
+        if c.abs() < tiny {
+            c = tiny;
+        }
+        d = 1.0 / d;
+        let delta = d * c;
+        h *= delta;
+        if (delta - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    (-x + a * x.ln() - ln_gamma(a)).exp() * h
+}
+
+/// Lanczos approximation of ln Γ(x), x > 0.
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 6] = [
+        76.18009172947146,
+        -86.50532032941677,
+        24.01409824083091,
+        -1.231739572450155,
+        0.1208650973866179e-2,
+        -0.5395239384953e-5,
+    ];
+    let mut y = x;
+    let tmp = x + 5.5;
+    let tmp = tmp - (x + 0.5) * tmp.ln();
+    let mut ser = 1.000000000190015;
+    for g in G {
+        y += 1.0;
+        ser += g / y;
+    }
+    -tmp + (2.5066282746310005 * ser / x).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_p_values() {
+        // chi-square 3.841 with 1 degree of freedom is the 5% critical value
+        assert!((gamma_q(0.5, 3.841 / 2.0) - 0.05).abs() < 1e-3);
+        // 2 degrees of freedom: Q = exp(-x/2)
+        assert!((gamma_q(1.0, 5.0) - (-5.0f64).exp()).abs() < 1e-9);
+        // 23.93 with 1 df is about 1e-6
+        let p = gamma_q(0.5, 23.93 / 2.0);
+        assert!(p > 0.9e-6 && p < 1.1e-6, "{p}");
+    }
+
+    #[test]
+    fn exact_split_has_p_one_and_zero_weight_traffic_p_zero() {
+        let r = chi_square(&[900, 100], &[90.0, 10.0]);
+        assert_eq!(r.statistic, 0.0);
+        assert!((r.p_value - 1.0).abs() < 1e-12);
+        assert_eq!(chi_square(&[900, 100, 1], &[90.0, 10.0, 0.0]).p_value, 0.0);
+        assert!(chi_square(&[500, 500], &[90.0, 10.0]).p_value < 1e-100);
+    }
+}

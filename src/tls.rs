@@ -1,0 +1,126 @@
+//! TLS termination with rustls (ring provider): certificate and key from PEM files, client
+//! certificates verified by rustls' WebPKI verifier against `clientCA`, ALPN h2 and
+//! http/1.1, session tickets and a session cache for resumption. The verified client
+//! identity is turned once per connection into an `x-forwarded-client-cert` value.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::{ClientAuth, TlsSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{field}: cannot read {path}: {reason}")]
+    File {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("spec.tls: {0}")]
+    Config(String),
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A ready TLS acceptor for one set of certificate, key and client CA.
+pub struct Acceptor {
+    inner: tokio_rustls::TlsAcceptor,
+    /// The server's own SPIFFE ID, for the `By=` element of XFCC.
+    by: Option<String>,
+}
+
+impl Acceptor {
+    pub fn new(settings: &TlsSettings) -> Result<Acceptor, TlsError> {
+        let chain = load_certs("spec.tls.cert", &settings.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| TlsError::File {
+            field: "spec.tls.key",
+            path: settings.key.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match (&settings.client_ca, settings.client_auth) {
+            (Some(ca), mode) if mode != ClientAuth::None => {
+                let mut roots = RootCertStore::empty();
+                for cert in load_certs("spec.tls.clientCA", ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| TlsError::Config(format!("clientCA {}: {e}", ca.display())))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let verifier = if mode == ClientAuth::Optional {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .map_err(|e| TlsError::Config(e.to_string()))?,
+                )
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let by = chain
+            .first()
+            .and_then(|c| crate::identity::Identity::from_der(c))
+            .and_then(|i| i.spiffe);
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+            TlsError::Config(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(Acceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            by,
+        })
+    }
+
+    /// Handshake; returns the stream and the XFCC value for a verified client certificate.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<(TlsStream<TcpStream>, Option<HeaderValue>)> {
+        let stream = self.inner.accept(tcp).await?;
+        let xfcc = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|leaf| crate::identity::Identity::from_der(leaf))
+            .and_then(|id| HeaderValue::try_from(id.xfcc(self.by.as_deref())).ok());
+        Ok((stream, xfcc))
+    }
+}
+
+fn load_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::File {
+        field,
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}

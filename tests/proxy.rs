@@ -1,0 +1,468 @@
+//! The request path over real sockets: routing by host, weighted splits, the proxy's own
+//! answers, timeouts, headers, streaming, upgrades and HTTP/2.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use splitproxy::stats::chi_square;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn two_backends(w1: u64, w2: u64) -> (Backend, Backend, Proxy) {
+    let (v1, v2) = (Backend::spawn("v1").await, Backend::spawn("v2").await);
+    let yaml = proxy_doc(&[("web-v1", v1.addr), ("web-v2", v2.addr)], "")
+        + &split_doc("web-split", "web", &[("web-v1", w1), ("web-v2", w2)]);
+    let proxy = Proxy::start(&yaml).await;
+    (v1, v2, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_matches_every_kubernetes_form_port_and_case_ignored() {
+    let (v1, _v2, proxy) = two_backends(1, 0).await;
+    let c = client();
+    for host in [
+        "web",
+        "web:8080",
+        "WEB",
+        "web.default",
+        "web.default.svc",
+        "web.default.svc.cluster",
+        "Web.Default.Svc.Cluster.Local:443",
+        "web.default.svc.cluster.local.",
+    ] {
+        let a = get(&c, &proxy.url("/"), host).await;
+        assert_eq!(a.status, StatusCode::OK, "host {host}: {}", a.body);
+        assert_eq!(a.body, "v1", "host {host}");
+    }
+    assert_eq!(v1.hits(), 8);
+    for host in ["web.other", "webx", "web.default.svc.cluster.remote"] {
+        let a = get(&c, &proxy.url("/"), host).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "host {host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_90_10_passes_chi_square_over_20000_requests() {
+    let (v1, v2, proxy) = two_backends(90, 10).await;
+    let c = client();
+    let url = proxy.url("/");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2500 {
+                let a = get(&c, &url, "web").await;
+                assert_eq!(a.status, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let observed = [v1.hits(), v2.hits()];
+    assert_eq!(observed[0] + observed[1], 20_000);
+    let r = chi_square(&observed, &[90.0, 10.0]);
+    assert!(
+        r.statistic < CHI2_1DF_P1E6,
+        "observed {observed:?}: chi2 {} p {}",
+        r.statistic,
+        r.p_value
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_zero_receives_nothing() {
+    let (a, b, z) = (
+        Backend::spawn("a").await,
+        Backend::spawn("b").await,
+        Backend::spawn("z").await,
+    );
+    let yaml = proxy_doc(&[("a", a.addr), ("b", b.addr), ("z", z.addr)], "")
+        + &split_doc("s", "root", &[("a", 1), ("z", 0), ("b", 1)]);
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    for _ in 0..2000 {
+        assert_eq!(
+            get(&c, &proxy.url("/"), "root").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(z.hits(), 0);
+    assert!(
+        a.hits() > 800 && b.hits() > 800,
+        "{} {}",
+        a.hits(),
+        b.hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_zero_weights_answer_503_or_go_to_the_root_service() {
+    let (v1, v2, proxy) = two_backends(0, 0).await;
+    let a = get(&client(), &proxy.url("/"), "web").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        a.body.contains("default/web-split") && a.body.contains("weight"),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.headers["server"], "splitproxy");
+    assert_eq!(v1.hits() + v2.hits(), 0);
+
+    // with the root service defined in spec.services, traffic goes there (as Linkerd does)
+    let root = Backend::spawn("root").await;
+    let yaml = proxy_doc(
+        &[("web", root.addr), ("web-v1", v1.addr), ("web-v2", v2.addr)],
+        "",
+    ) + &split_doc("web-split", "web", &[("web-v1", 0), ("web-v2", 0)]);
+    let proxy = Proxy::start(&yaml).await;
+    let a = get(&client(), &proxy.url("/"), "web").await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "root"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_whose_root_is_also_a_backend_is_normal() {
+    // Argo Rollouts writes splits like this one: root service `web` is also a backend.
+    let (stable, canary) = (
+        Backend::spawn("stable").await,
+        Backend::spawn("canary").await,
+    );
+    let yaml = proxy_doc(&[("web", stable.addr), ("web-canary", canary.addr)], "")
+        + &split_doc("rollout", "web", &[("web", 0), ("web-canary", 100)]);
+    let proxy = Proxy::start(&yaml).await;
+    for _ in 0..20 {
+        assert_eq!(get(&client(), &proxy.url("/"), "web").await.body, "canary");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_is_404_and_names_the_host() {
+    let (_v1, _v2, proxy) = two_backends(1, 1).await;
+    let a = get(&client(), &proxy.url("/"), "nope.example").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(a.body.contains("nope.example"), "{}", a.body);
+    assert_eq!(a.headers["server"], "splitproxy");
+    assert!(a.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_is_502_fast() {
+    // a port that was just free: nothing listens there
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = proxy_doc(&[("gone", dead)], "") + &split_doc("s", "web", &[("gone", 1)]);
+    let proxy = Proxy::start(&yaml).await;
+    let start = Instant::now();
+    let a = get(&client(), &proxy.url("/"), "web").await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        a.body.contains("gone") && a.body.contains(&dead.to_string()),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.headers["server"], "splitproxy");
+    // refused connections fail at once, long before the 2s connect timeout
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_is_504_at_the_configured_timeout() {
+    let slow = Backend::spawn("slow").await;
+    let yaml = proxy_doc(&[("slow", slow.addr)], "timeouts:\n  upstream: 300ms")
+        + &split_doc("s", "web", &[("slow", 1)]);
+    let proxy = Proxy::start(&yaml).await;
+    let start = Instant::now();
+    let a = get(&client(), &proxy.url("/hang"), "web").await;
+    let took = start.elapsed();
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    assert!(
+        a.body.contains("slow") && a.body.contains("300ms"),
+        "{}",
+        a.body
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered before the timeout: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_removed_and_forwarding_headers_set() {
+    let (v1, _v2, proxy) = two_backends(1, 0).await;
+    let req = Request::get(proxy.url("/path?q=1"))
+        .header("host", "Web.default:8080")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-connection", "keep-alive")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spoofed;URI=spiffe://evil/ns/x/sa/admin",
+        )
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let h = v1.last_headers();
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "x-forwarded-client-cert",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} reached the backend: {h:?}");
+    }
+    assert_ne!(
+        h.get("connection").map(|v| v.to_str().unwrap()),
+        Some("keep-alive, x-hop")
+    );
+    assert_eq!(h["x-end-to-end"], "kept");
+    assert_eq!(
+        h["host"], "Web.default:8080",
+        "Host must be kept as the client sent it"
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "Web.default:8080");
+    // the backend's own hop-by-hop header does not come back either
+    assert!(
+        !a.headers.contains_key("x-backend-private"),
+        "{:?}",
+        a.headers
+    );
+    assert_eq!(a.headers["x-splitproxy-backend"], "web-v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_megabytes_stream_both_ways_intact() {
+    const N: u64 = 100 * 1024 * 1024;
+    let (_v1, _v2, proxy) = two_backends(1, 0).await;
+    let c: hyper_util::client::legacy::Client<_, PatternBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    // upload: the backend checksums what arrives
+    let req = Request::post(proxy.url("/upload"))
+        .header("host", "web")
+        .body(PatternBody {
+            remaining: N,
+            offset: 0,
+        })
+        .unwrap();
+    let resp = c.request(req).await.expect("upload");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("bytes={N} sum={}", pattern_sum(N))
+    );
+    // download: check every byte as it streams
+    let req = Request::get(proxy.url(&format!("/download/{N}")))
+        .header("host", "web")
+        .body(PatternBody {
+            remaining: 0,
+            offset: 0,
+        })
+        .unwrap();
+    let mut body = c.request(req).await.expect("download").into_body();
+    let mut i = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.expect("frame").data_ref() {
+            for b in data.iter() {
+                assert_eq!(*b, pattern_byte(i), "byte {i}");
+                i += 1;
+            }
+        }
+    }
+    assert_eq!(i, N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_tunnelled() {
+    let (_v1, _v2, proxy) = two_backends(1, 0).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    tcp.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echo = [0u8; 23];
+    tcp.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping through the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_served_and_split() {
+    let (v1, v2, proxy) = two_backends(1, 1).await;
+    // one HTTP/2 connection to the proxy; the root service travels in :authority
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..200 {
+        let req = Request::get("http://web.default/").body(empty()).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+    }
+    assert_eq!(v1.hits() + v2.hits(), 200);
+    assert!(
+        v1.hits() > 50 && v2.hits() > 50,
+        "{} {}",
+        v1.hits(),
+        v2.hits()
+    );
+    assert_eq!(
+        v1.last_headers()["host"],
+        "web.default",
+        "Host comes from :authority"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_route_group_matches_select_a_split() {
+    let (a, b, stable) = (
+        Backend::spawn("api").await,
+        Backend::spawn("android").await,
+        Backend::spawn("stable").await,
+    );
+    let yaml = proxy_doc(
+        &[
+            ("web-api", a.addr),
+            ("web-android", b.addr),
+            ("web-stable", stable.addr),
+        ],
+        "",
+    ) + r#"---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata:
+  name: ab-test
+  namespace: default
+spec:
+  matches:
+  - name: android
+    headers:
+      user-agent: ".*Android.*"
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata:
+  name: api
+  namespace: default
+spec:
+  matches:
+  - name: api
+    pathRegex: "/api"
+    methods: ["GET"]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: android-split
+spec:
+  service: web
+  matches:
+  - kind: HTTPRouteGroup
+    name: ab-test
+  backends:
+  - service: web-android
+    weight: 100
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata:
+  name: api-split
+spec:
+  service: web
+  matches:
+  - kind: HTTPRouteGroup
+    name: api
+  backends:
+  - service: web-api
+    weight: 100
+"# + &split_doc("default-split", "web", &[("web-stable", 1)]);
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    let req = |path: &str, ua: &str, method: &str| {
+        Request::builder()
+            .method(method)
+            .uri(proxy.url(path))
+            .header("host", "web")
+            .header("user-agent", ua)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        send(&c, req("/", "Mozilla/5.0 (Linux; Android 14)", "GET"))
+            .await
+            .body,
+        "android"
+    );
+    assert_eq!(send(&c, req("/api/users", "curl", "GET")).await.body, "api");
+    assert_eq!(
+        send(&c, req("/api/users", "curl", "POST")).await.body,
+        "stable",
+        "method not in the match"
+    );
+    assert_eq!(
+        send(&c, req("/v2/api", "curl", "GET")).await.body,
+        "stable",
+        "path regex is anchored at the start"
+    );
+    assert_eq!(send(&c, req("/", "curl", "GET")).await.body, "stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer() {
+    let (_v1, _v2, proxy) = two_backends(3, 1).await;
+    for _ in 0..40 {
+        get(&client(), &proxy.url("/"), "web").await;
+    }
+    assert_eq!(admin_get(&proxy, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(admin_get(&proxy, "/readyz").await.0, StatusCode::OK);
+    let (status, body) = admin_get(&proxy, "/routes").await;
+    assert_eq!(status, StatusCode::OK);
+    let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(routes["version"], 1);
+    let backends = routes["splits"][0]["backends"].as_array().unwrap();
+    assert_eq!(backends[0]["weight"], 3);
+    let total: u64 = backends
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40);
+    let (_, metrics) = admin_get(&proxy, "/metrics").await;
+    assert!(metrics.contains("splitproxy_requests_total{split=\"default/web-split\",backend=\"web-v1\",code=\"2xx\"}"), "{metrics}");
+    assert!(
+        metrics.contains("splitproxy_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
