@@ -146,7 +146,7 @@ impl Server {
         let (stop, mut stop_rx) = watch::channel(false);
         let (stop_accepting, accepting_rx) = watch::channel(false);
         tokio::spawn(admin::serve(admin_listener, shared));
-        tokio::spawn(reload::watch(shared));
+        tokio::spawn(reload::ConfigWatch::new(shared).run());
         let serving = tokio::spawn(server::serve(listener, shared, accepting_rx));
         let done = tokio::spawn(async move {
             let _ = stop_rx.wait_for(|s| *s).await;

@@ -448,10 +448,9 @@ impl Loader {
             name,
         };
         if !versions.contains(&version) {
-            self.errors.push(
-                origin.error(
-                    "apiVersion",
-                    format!(
+            self.errors.push(origin.error(
+                "apiVersion",
+                format!(
                         "unsupported version {api_version:?} (supported: {})",
                         versions
                             .iter()
@@ -459,8 +458,7 @@ impl Loader {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                ),
-            );
+            ));
             return;
         }
         let doc = match kind_static {

@@ -35,42 +35,65 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Run forever: reload on file events and on `Shared::reload_now` (SIGHUP).
-pub async fn watch(shared: &'static Shared) {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            // our own reads show up as access events
-            if !matches!(event.kind, EventKind::Access(_)) {
-                let _ = tx.try_send(());
-            }
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("cannot watch the configuration for changes ({e}); reload with SIGHUP");
-            None
-        }
-    };
-    let mut watched = BTreeSet::new();
-    update_watches(&mut watcher, &mut watched, shared);
-    loop {
-        let trigger: &'static str = tokio::select! {
-            Some(()) = rx.recv() => "file change",
-            () = shared.reload_now.notified() => "SIGHUP",
-        };
-        if trigger == "file change" {
-            let start = tokio::time::Instant::now();
-            while start.elapsed() < DEBOUNCE_MAX {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    _ => break,
+/// The file watcher, registered before the proxy starts serving so that no change made
+/// after `Server::start` returns can be missed.
+pub struct ConfigWatch {
+    shared: &'static Shared,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+    events: mpsc::Receiver<()>,
+}
+
+impl ConfigWatch {
+    pub fn new(shared: &'static Shared) -> ConfigWatch {
+        let (tx, events) = mpsc::channel::<()>(1);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                // our own reads show up as access events
+                if !matches!(event.kind, EventKind::Access(_)) {
+                    let _ = tx.try_send(());
                 }
             }
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch the configuration for changes ({e}); reload with SIGHUP"
+                );
+                None
+            }
+        };
+        let mut watch = ConfigWatch {
+            shared,
+            watcher,
+            watched: BTreeSet::new(),
+            events,
+        };
+        update_watches(&mut watch.watcher, &mut watch.watched, shared);
+        watch
+    }
+
+    /// Run forever: reload on file events and on `Shared::reload_now` (SIGHUP).
+    pub async fn run(mut self) {
+        let shared = self.shared;
+        loop {
+            let trigger: &'static str = tokio::select! {
+                Some(()) = self.events.recv() => "file change",
+                () = shared.reload_now.notified() => "SIGHUP",
+            };
+            if trigger == "file change" {
+                let start = tokio::time::Instant::now();
+                while start.elapsed() < DEBOUNCE_MAX {
+                    match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+            }
+            let _ = apply(shared, trigger).await;
+            update_watches(&mut self.watcher, &mut self.watched, shared);
         }
-        let _ = apply(shared, trigger).await;
-        update_watches(&mut watcher, &mut watched, shared);
     }
 }
 
