@@ -1,1 +1,146 @@
-fn main() {}
+//! The request path's routing work, without sockets: the weighted pick alone, the whole
+//! lookup (host -> split -> backend -> endpoint) through the live `ArcSwap`, the same on
+//! several threads at once (it must not slow down: no shared mutable cache line), and
+//! `RoutingTable::build` for many splits (the reload cost).
+//!
+//! `cargo bench --bench routing`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, Method};
+use splitproxy::config;
+use splitproxy::metrics::Metrics;
+use splitproxy::routing::RoutingTable;
+use splitproxy::split::WeightedPicker;
+
+/// A configuration with `splits` splits of `backends` backends each (weights 1..=n).
+fn config_yaml(splits: usize, backends: usize) -> String {
+    let mut s = String::from("apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: bench\nspec:\n  listen: 127.0.0.1:0\n  services:\n");
+    for b in 0..backends {
+        s.push_str(&format!("    svc-{b}: [\"127.0.0.1:{}\"]\n", 10000 + b));
+    }
+    for i in 0..splits {
+        s.push_str(&format!(
+            "---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata:\n  name: split-{i}\n  namespace: default\nspec:\n  service: site-{i}\n  backends:\n"
+        ));
+        for b in 0..backends {
+            s.push_str(&format!("  - service: svc-{b}\n    weight: {}\n", b + 1));
+        }
+    }
+    s
+}
+
+fn load(splits: usize, backends: usize) -> Arc<config::Config> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.yaml");
+    std::fs::write(&path, config_yaml(splits, backends)).unwrap();
+    Arc::new(config::load(&path).expect("bench config is valid"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn table(splits: usize, backends: usize) -> ArcSwap<RoutingTable> {
+    let cfg = load(splits, backends);
+    ArcSwap::from_pointee(runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new())))
+}
+
+/// What a request does to route: one load, one lookup, one select, one pick, one endpoint.
+#[inline]
+fn route(
+    live: &ArcSwap<RoutingTable>,
+    host: &str,
+    headers: &HeaderMap,
+) -> Option<http::uri::Authority> {
+    let table = live.load();
+    let route = table.lookup(host)?;
+    let split = route.select(&Method::GET, "/", headers)?;
+    split.pick()?.endpoint()
+}
+
+fn pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick");
+    for n in [2usize, 10, 100, 1000] {
+        let weights: Vec<u64> = (1..=n as u64).collect();
+        let picker = WeightedPicker::new(&weights);
+        g.bench_with_input(BenchmarkId::from_parameter(n), &picker, |b, p| {
+            b.iter(|| black_box(p.pick()))
+        });
+    }
+    g.finish();
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lookup_host_to_endpoint");
+    let headers = HeaderMap::new();
+    for n in [2usize, 10, 100, 1000] {
+        let live = table(10, n);
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| black_box(route(&live, black_box("site-7.default:8443"), &headers)))
+        });
+    }
+    // the same host in a non-canonical case: lower-cased on the stack
+    let live = table(10, 2);
+    g.bench_function("2_mixed_case_fqdn", |b| {
+        b.iter(|| {
+            black_box(route(
+                &live,
+                black_box("Site-7.Default.svc.cluster.local"),
+                &headers,
+            ))
+        })
+    });
+    g.finish();
+}
+
+/// Per-thread cost of lookup+pick with 1 and 2 threads running it at once: equal figures
+/// mean no contention.
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lookup_threads");
+    let live = Arc::new(table(10, 10));
+    for t in [1usize, 2] {
+        g.bench_function(BenchmarkId::from_parameter(t), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..t {
+                        let live = live.clone();
+                        s.spawn(move || {
+                            let headers = HeaderMap::new();
+                            for _ in 0..iters {
+                                black_box(route(&live, black_box("site-3"), &headers));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("build");
+    g.measurement_time(Duration::from_secs(5)).sample_size(20);
+    let rt = runtime();
+    for n in [100usize, 1000] {
+        let cfg = load(n, 2);
+        let metrics = Metrics::new();
+        g.bench_function(BenchmarkId::new("splits", n), |b| {
+            b.iter(|| black_box(rt.block_on(RoutingTable::build(cfg.clone(), 1, &metrics))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pick, lookup, threads, build);
+criterion_main!(benches);

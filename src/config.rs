@@ -618,7 +618,7 @@ impl Loader {
             Some(TlsSettings { cert: cert?, key: key?, client_ca, client_auth })
         });
         if tls.is_none() && self.errors.len() == before {
-            tracing::warn!("{origin} (Proxy): no spec.tls block: serving plain HTTP without TLS or client authentication");
+            tracing::warn!("{origin} (Proxy {}): no spec.tls block: serving plain HTTP without TLS or client authentication", origin.name);
         }
 
         let access = match spec.access.as_deref() {

@@ -29,6 +29,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod h1guard;
 pub mod identity;
 pub mod metrics;
 pub mod pki;

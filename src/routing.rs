@@ -5,8 +5,10 @@
 //! walks the route's splits (conditional ones first), draws one weighted pick and one
 //! endpoint. No lock, no allocation, no string hashing beyond that lookup.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::{Arc, Weak};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -96,8 +98,7 @@ impl RoutingTable {
             Arc::new(Backend {
                 service: service.to_string(),
                 weight,
-                header: HeaderValue::from_str(service)
-                    .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
+                header: header_value(service),
                 endpoints: Endpoints::new(endpoints),
                 counters,
                 baseline,
@@ -381,11 +382,7 @@ fn choose<T>(list: &[T]) -> Option<&T> {
 impl Endpoints {
     fn new(list: &[Endpoint]) -> Endpoints {
         if list.iter().all(|e| e.addr.is_some()) {
-            let fixed = list
-                .iter()
-                .filter_map(|e| e.addr)
-                .filter_map(|a| Authority::try_from(a.to_string()).ok())
-                .collect();
+            let fixed = list.iter().filter_map(|e| e.addr).map(authority).collect();
             Endpoints::Fixed(fixed)
         } else {
             Endpoints::Resolved {
@@ -433,6 +430,35 @@ impl Endpoints {
     }
 }
 
+/// Strings the request path clones per request (endpoint authorities, backend header
+/// values) are interned as `'static`: cloning one is then a pointer copy instead of an
+/// atomic reference count that every core would write. The set only grows with distinct
+/// names ever configured, so it stays small.
+fn intern(s: String) -> &'static str {
+    static TABLE: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut table = TABLE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(existing) = table.get(s.as_str()) {
+        return existing;
+    }
+    let leaked: &'static str = Box::leak(s.into_boxed_str());
+    table.insert(leaked);
+    leaked
+}
+
+fn authority(addr: SocketAddr) -> Authority {
+    Authority::from_static(intern(addr.to_string()))
+}
+
+fn header_value(service: &str) -> HeaderValue {
+    match HeaderValue::from_str(service) {
+        Ok(_) => HeaderValue::from_static(intern(service.to_string())),
+        Err(_) => HeaderValue::from_static("invalid-name"),
+    }
+}
+
 /// Every address of every name (IP literals as they are); `None` when nothing resolved.
 async fn resolve(names: &[Endpoint], limit: Duration) -> Option<Box<[Authority]>> {
     let mut out = Vec::new();
@@ -453,10 +479,7 @@ async fn resolve(names: &[Endpoint], limit: Duration) -> Option<Box<[Authority]>
     }
     out.sort();
     out.dedup();
-    let list: Box<[Authority]> = out
-        .iter()
-        .filter_map(|a| Authority::try_from(a.to_string()).ok())
-        .collect();
+    let list: Box<[Authority]> = out.into_iter().map(authority).collect();
     (!list.is_empty()).then_some(list)
 }
 

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::Shared;
+use crate::h1guard::H1Guard;
 use crate::proxy::{self, ConnInfo};
 
 /// Pause after an accept error (out of file descriptors, say) before trying again.
@@ -41,15 +42,15 @@ pub async fn serve(
                             Some(acceptor) => {
                                 let timeout = shared.routes.load().timeouts.client_header;
                                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                    Ok(Ok((stream, xfcc))) => {
+                                    Ok(Ok((stream, xfcc, h2))) => {
                                         let conn = Arc::new(ConnInfo::new(peer, true, xfcc));
-                                        serve_http(stream, conn, shared, watcher).await;
+                                        serve_http(stream, h2, conn, shared, watcher).await;
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                                 }
                             }
-                            None => serve_http(tcp, Arc::new(ConnInfo::new(peer, false, None)), shared, watcher).await,
+                            None => serve_http(tcp, false, Arc::new(ConnInfo::new(peer, false, None)), shared, watcher).await,
                         }
                     });
                 }
@@ -75,8 +76,14 @@ pub async fn serve(
     }
 }
 
-async fn serve_http<I>(io: I, conn: Arc<ConnInfo>, shared: &'static Shared, watcher: Watcher)
-where
+/// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2.
+async fn serve_http<I>(
+    io: I,
+    h2: bool,
+    conn: Arc<ConnInfo>,
+    shared: &'static Shared,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeouts = shared.routes.load().timeouts;
@@ -84,8 +91,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        // hyper starts this clock whenever it waits for a request head, idle or not
-        .header_read_timeout(timeouts.client_header);
+        // hyper's clock also runs on idle keep-alive connections: H1Guard does both instead
+        .header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -96,6 +103,7 @@ where
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
     });
+    let io = H1Guard::new(io, timeouts.client_header, timeouts.idle, h2);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, "connection ended: {}", proxy::error_chain(&*e));

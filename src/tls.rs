@@ -92,12 +92,14 @@ impl Acceptor {
         })
     }
 
-    /// Handshake; returns the stream and the XFCC value for a verified client certificate.
+    /// Handshake; returns the stream, the XFCC value for a verified client certificate,
+    /// and whether ALPN chose h2.
     pub async fn accept(
         &self,
         tcp: TcpStream,
-    ) -> std::io::Result<(TlsStream<TcpStream>, Option<HeaderValue>)> {
+    ) -> std::io::Result<(TlsStream<TcpStream>, Option<HeaderValue>, bool)> {
         let stream = self.inner.accept(tcp).await?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let xfcc = stream
             .get_ref()
             .1
@@ -105,7 +107,7 @@ impl Acceptor {
             .and_then(|certs| certs.first())
             .and_then(|leaf| crate::identity::Identity::from_der(leaf))
             .and_then(|id| HeaderValue::try_from(id.xfcc(self.by.as_deref())).ok());
-        Ok((stream, xfcc))
+        Ok((stream, xfcc, h2))
     }
 }
 

@@ -466,3 +466,90 @@ async fn admin_endpoints_answer() {
         "{metrics}"
     );
 }
+
+async fn read_all(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_head_gets_408_and_idle_keep_alive_closes_after_idle() {
+    let v1 = Backend::spawn("v1").await;
+    let yaml = proxy_doc(
+        &[("web-v1", v1.addr)],
+        "timeouts:\n  clientHeader: 300ms\n  idle: 900ms",
+    ) + &split_doc("s", "web", &[("web-v1", 1)]);
+    let proxy = Proxy::start(&yaml).await;
+
+    // half a request head, then nothing
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let start = Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains("server: splitproxy") && answer.contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(v1.hits(), 0);
+
+    // a whole request, then an idle keep-alive connection: open past clientHeader, closed after idle
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let idle_start = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("idle connection never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no bytes expected on an idle connection");
+    let idle = idle_start.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed after {idle:?}, before the idle timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_the_proxys_own_answers() {
+    let (v1, _v2, proxy) = two_backends(1, 0).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost web\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("server: splitproxy") && answer.contains("bad request"),
+        "{answer}"
+    );
+
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: web\r\n");
+    for i in 0..200 {
+        req.push_str(&format!("x-filler-{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_all(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(answer.contains("server: splitproxy"), "{answer}");
+    assert_eq!(v1.hits(), 0);
+    // the proxy is still fine
+    assert_eq!(
+        get(&client(), &proxy.url("/"), "web").await.status,
+        StatusCode::OK
+    );
+}

@@ -26,7 +26,7 @@ pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 /// A backend that answers with its name in the body and in `x-backend`, counts requests
 /// and remembers the last request's headers. Special paths: `/hang` never answers,
 /// `/upload` reads the whole body and answers `bytes=N sum=S`, `/download/N` streams N
-/// bytes, `/ws` accepts an upgrade and echoes bytes.
+/// bytes, `/slow/MS` answers after MS milliseconds, `/ws` accepts an upgrade and echoes bytes.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
@@ -94,6 +94,9 @@ async fn backend_answer(
     let mut resp = if path == "/hang" {
         std::future::pending::<()>().await;
         unreachable!()
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full(name.to_string()))
     } else if path == "/upload" {
         let mut body = req.into_body();
         let (mut bytes, mut sum) = (0u64, 0u64);

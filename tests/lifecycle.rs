@@ -1,0 +1,154 @@
+//! The real binary: start, serve, SIGTERM drain (in-flight requests finish, `/readyz`
+//! fails at once, the listener closes after `shutdown.delay`), exit 0.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+/// Start `splitproxy run` on `yaml`; returns the child and the proxy and admin addresses
+/// read from its start-up log line.
+fn spawn(dir: &std::path::Path, yaml: &str) -> (Child, SocketAddr, SocketAddr) {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_splitproxy"))
+        .args(["run", "--config", path.to_str().unwrap(), "--workers", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = loop {
+        let line = lines
+            .next()
+            .expect("splitproxy exited before serving")
+            .unwrap();
+        if line.contains(" split(s) on ") {
+            break line;
+        }
+    };
+    // keep draining stderr so the child never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines {});
+    let addr = |after: &str| -> SocketAddr {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest.split(|c: char| c == ' ' || c == ',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (child, addr(" on "), addr("admin on "))
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let v1 = Backend::spawn("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = proxy_doc(
+        &[("web-v1", v1.addr)],
+        "shutdown:\n  delay: 400ms\n  grace: 5s",
+    ) + &split_doc("s", "web", &[("web-v1", 1)]);
+    let (mut child, addr, admin) = spawn(dir.path(), &yaml);
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("http://{admin}/readyz"), "x").await.status,
+        StatusCode::OK
+    );
+
+    // a slow request in flight when SIGTERM arrives
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, &format!("http://{addr}/slow/800"), "web").await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v1.hits() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    signal(&child, "TERM");
+    let start = Instant::now();
+    // /readyz fails at once, while the listener still accepts during shutdown.delay
+    loop {
+        let r = get(&client(), &format!("http://{admin}/readyz"), "x").await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(300),
+            "readyz still OK"
+        );
+    }
+    let during_delay = get(&client(), &format!("http://{addr}/"), "web").await;
+    assert_eq!(during_delay.status, StatusCode::OK);
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "took too long to check the delay window"
+    );
+
+    let answer = slow.await.unwrap();
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "v1")
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // the listener is closed
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_bad_config_at_start_exits_1() {
+    let (v1, v2) = (Backend::spawn("v1").await, Backend::spawn("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |w1, w2| {
+        proxy_doc(&[("web-v1", v1.addr), ("web-v2", v2.addr)], "")
+            + &split_doc("s", "web", &[("web-v1", w1), ("web-v2", w2)])
+    };
+    let (mut child, addr, _admin) = spawn(dir.path(), &yaml(1, 0));
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("http://{addr}/"), "web").await.backend(),
+        "v1"
+    );
+    // written in place (no rename), then SIGHUP, as an operator script would
+    std::fs::write(dir.path().join("config.yaml"), yaml(0, 1)).unwrap();
+    signal(&child, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&c, &format!("http://{addr}/"), "web").await.backend() != "v2" {
+        assert!(Instant::now() < deadline, "SIGHUP reload not applied");
+    }
+    signal(&child, "INT");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad.path().join("config.yaml"),
+        yaml(1, 0).replace("weight: 1", "weight: -1"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_splitproxy"))
+        .args([
+            "run",
+            "--config",
+            bad.path().join("config.yaml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be negative, got -1"));
+}

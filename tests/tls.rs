@@ -1,0 +1,408 @@
+//! mTLS termination over real handshakes: client authentication modes, caller identity in
+//! `x-forwarded-client-cert`, TLS 1.3 and ALPN h2, certificate rotation, `certs init`.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use splitproxy::pki::{Ca, Issued, Leaf};
+use support::*;
+
+struct Pki {
+    ca: Ca,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, a server certificate for localhost written to `dir`, and the CA as `ca.pem`.
+    fn new() -> Pki {
+        let ca = Ca::new("test CA").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        let pki = Pki { ca, dir };
+        pki.write_server(
+            &pki.ca
+                .server(&["localhost".into(), "127.0.0.1".into()])
+                .unwrap(),
+        );
+        pki
+    }
+
+    fn write_server(&self, s: &Issued) {
+        // the way a Secret update or `cp` lands: key and cert replaced by rename
+        rewrite(&self.dir.path().join("server-key.pem"), &s.key_pem);
+        rewrite(&self.dir.path().join("server.pem"), &s.cert_pem);
+    }
+
+    fn client(&self, spiffe: &str) -> Issued {
+        self.ca.client("client", spiffe).unwrap()
+    }
+
+    fn config(&self, backend: &Backend, client_auth: &str) -> String {
+        let d = self.dir.path().display();
+        let tls = format!("tls:\n  cert: {d}/server.pem\n  key: {d}/server-key.pem\n  clientCA: {d}/ca.pem\n  clientAuth: {client_auth}");
+        proxy_doc(&[("web-v1", backend.addr)], &tls)
+            + &split_doc("web-split", "web", &[("web-v1", 1)])
+    }
+}
+
+struct TlsAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    alpn: Option<Vec<u8>>,
+    version: Option<rustls::ProtocolVersion>,
+    server_cert: Vec<u8>,
+}
+
+/// One request over a fresh TLS connection; `Err` when the handshake or the request fails.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    client: Option<&Issued>,
+    h2: bool,
+    extra: &[(&str, &str)],
+) -> Result<TlsAnswer, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(splitproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(|p| p.to_vec());
+    let version = session.protocol_version();
+    let server_cert = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let mut req = Request::get("https://web/").header("host", "web");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(empty()).unwrap();
+    let resp = if h2 {
+        let (mut s, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        s.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        s.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let _ = resp.into_body().collect().await;
+    Ok(TlsAnswer {
+        status,
+        headers,
+        alpn,
+        version,
+        server_cert,
+    })
+}
+
+const SPIFFE: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_accepts_only_valid_client_certificates() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "require")).await;
+    let ca = pki.ca.cert_pem();
+
+    let good = pki.client(SPIFFE);
+    let a = tls_get(proxy.addr, &ca, Some(&good), false, &[])
+        .await
+        .expect("valid client certificate");
+    assert_eq!(a.status, StatusCode::OK);
+
+    assert!(
+        tls_get(proxy.addr, &ca, None, false, &[]).await.is_err(),
+        "no certificate must be refused"
+    );
+    let other = Ca::new("other CA").unwrap().client("x", SPIFFE).unwrap();
+    assert!(
+        tls_get(proxy.addr, &ca, Some(&other), false, &[])
+            .await
+            .is_err(),
+        "unknown CA must be refused"
+    );
+    let expired = pki
+        .ca
+        .issue(&Leaf {
+            common_name: "old".into(),
+            uris: vec![SPIFFE.into()],
+            client: true,
+            valid_days: Some((-30, -1)),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        tls_get(proxy.addr, &ca, Some(&expired), false, &[])
+            .await
+            .is_err(),
+        "expired must be refused"
+    );
+    let future = pki
+        .ca
+        .issue(&Leaf {
+            common_name: "new".into(),
+            uris: vec![SPIFFE.into()],
+            client: true,
+            valid_days: Some((2, 30)),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        tls_get(proxy.addr, &ca, Some(&future), false, &[])
+            .await
+            .is_err(),
+        "not yet valid must be refused"
+    );
+    let server_only = pki
+        .ca
+        .issue(&Leaf {
+            common_name: "srv".into(),
+            names: vec!["srv".into()],
+            server: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        tls_get(proxy.addr, &ca, Some(&server_only), false, &[])
+            .await
+            .is_err(),
+        "serverAuth-only certificate must be refused"
+    );
+    assert_eq!(v1.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_reaches_the_backend_in_xfcc_and_spoofing_is_stripped() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "optional")).await;
+    let ca = pki.ca.cert_pem();
+    let spoof = [(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/kube-system/sa/admin",
+    )];
+
+    let client = pki.client(SPIFFE);
+    let a = tls_get(proxy.addr, &ca, Some(&client), false, &spoof)
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    let h = v1.last_headers();
+    let xfcc = h["x-forwarded-client-cert"].to_str().unwrap().to_string();
+    let hash = ring_sha256_hex(&client.der);
+    assert!(xfcc.contains(&format!("Hash={hash}")), "{xfcc}");
+    assert!(xfcc.contains(&format!("URI={SPIFFE}")), "{xfcc}");
+    assert!(xfcc.contains("Subject=\"CN=client\""), "{xfcc}");
+    assert!(
+        !xfcc.contains("kube-system"),
+        "spoofed value survived: {xfcc}"
+    );
+    assert_eq!(h["x-forwarded-proto"], "https");
+
+    // DNS-only certificate: DNS= element
+    let dns = pki
+        .ca
+        .issue(&Leaf {
+            common_name: "api".into(),
+            names: vec!["api.shop.svc".into()],
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+    tls_get(proxy.addr, &ca, Some(&dns), false, &[])
+        .await
+        .unwrap();
+    let xfcc = v1.last_headers()["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        xfcc.contains("DNS=api.shop.svc") && !xfcc.contains("URI="),
+        "{xfcc}"
+    );
+
+    // optional: no certificate is let through, and a spoofed header never reaches the backend
+    let a = tls_get(proxy.addr, &ca, None, false, &spoof).await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!v1.last_headers().contains_key("x-forwarded-client-cert"));
+}
+
+fn ring_sha256_hex(der: &[u8]) -> String {
+    splitproxy::identity::Identity::from_der(der).unwrap().hash
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_and_alpn_h2_are_negotiated() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "require")).await;
+    let client = pki.client(SPIFFE);
+    let a = tls_get(proxy.addr, &pki.ca.cert_pem(), Some(&client), true, &[])
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(a.version, Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(a.headers["x-splitproxy-backend"], "web-v1");
+    let a = tls_get(proxy.addr, &pki.ca.cert_pem(), Some(&client), false, &[])
+        .await
+        .unwrap();
+    assert_eq!(a.alpn.as_deref(), Some(&b"http/1.1"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_auth_none_needs_no_certificate() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "none")).await;
+    let a = tls_get(proxy.addr, &pki.ca.cert_pem(), None, false, &[])
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificate_serves_new_handshakes_and_a_bad_key_keeps_the_old() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "require")).await;
+    let (ca, client) = (pki.ca.cert_pem(), pki.client(SPIFFE));
+    let first = tls_get(proxy.addr, &ca, Some(&client), false, &[])
+        .await
+        .unwrap()
+        .server_cert;
+
+    let rotated = pki.ca.server(&["localhost".into()]).unwrap();
+    pki.write_server(&rotated);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = tls_get(proxy.addr, &ca, Some(&client), false, &[])
+            .await
+            .unwrap()
+            .server_cert;
+        if seen == rotated.der {
+            break;
+        }
+        assert_eq!(seen, first, "neither old nor new certificate");
+        assert!(Instant::now() < deadline, "rotation not picked up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // a key that does not match the certificate: the old pair keeps serving
+    let other = pki.ca.server(&["localhost".into()]).unwrap();
+    rewrite(&pki.dir.path().join("server-key.pem"), &other.key_pem);
+    let shared = proxy.server.as_ref().unwrap().shared;
+    let outcome = splitproxy::reload::apply(shared, "SIGHUP").await;
+    assert!(outcome.is_err(), "mismatched key accepted");
+    let seen = tls_get(proxy.addr, &ca, Some(&client), false, &[])
+        .await
+        .expect("still serving")
+        .server_cert;
+    assert_eq!(seen, rotated.der);
+}
+
+#[test]
+fn certs_init_output_is_accepted_by_openssl_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_splitproxy");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let out = run(&[
+        "certs",
+        "init",
+        "--dir",
+        d,
+        "--client",
+        "frontend=spiffe://cluster.local/ns/shop/sa/frontend",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "frontend.pem",
+        "frontend-key.pem",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca-key.pem", "server-key.pem", "frontend-key.pem"] {
+        let mode = std::fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let again = run(&["certs", "init", "--dir", d]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(run(&["certs", "init", "--dir", d, "--force"])
+        .status
+        .success());
+    if Path::new("/usr/bin/openssl").exists() {
+        for leaf in ["server.pem", "client.pem"] {
+            let v = std::process::Command::new("openssl")
+                .args([
+                    "verify",
+                    "-CAfile",
+                    &format!("{d}/ca.pem"),
+                    &format!("{d}/{leaf}"),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                v.status.success(),
+                "openssl verify {leaf}: {}",
+                String::from_utf8_lossy(&v.stdout)
+            );
+        }
+    }
+}
