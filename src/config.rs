@@ -278,7 +278,7 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut loader = Loader::default();
     let files = match config_files(path) {
         Ok(files) => files,
-        Err(e) => return Err(vec![e]),
+        Err(e) => return Err(vec![*e]),
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in &files {
@@ -323,14 +323,14 @@ fn file_error(file: &Path, reason: String) -> ConfigError {
 
 /// The YAML files of a config path: the file itself, or a folder's `*.yaml`/`*.yml`
 /// (hidden entries such as a ConfigMap's `..data` skipped), sorted by name.
-pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, Box<ConfigError>> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Box::new(file_error(path, format!("cannot read: {e}"))))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let entries = std::fs::read_dir(path)
-        .map_err(|e| file_error(path, format!("cannot list folder: {e}")))?;
+        .map_err(|e| Box::new(file_error(path, format!("cannot list folder: {e}"))))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -343,10 +343,10 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(file_error(
+        return Err(Box::new(file_error(
             path,
             "folder has no *.yaml or *.yml files".into(),
-        ));
+        )));
     }
     Ok(files)
 }

@@ -58,7 +58,8 @@ fn w(list: &[(&str, u64)]) -> Vec<(String, u64)> {
 
 #[test]
 fn every_smi_version_loads_unchanged() {
-    let cases: &[(&str, &str, &[(&str, u64)])] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, u64)]);
+    let cases: &[Case] = &[
         (
             "smi-v1alpha1.yaml",
             "canary",

@@ -35,11 +35,7 @@ fn spawn(dir: &std::path::Path, yaml: &str) -> (Child, SocketAddr, SocketAddr) {
     std::thread::spawn(move || for _ in lines {});
     let addr = |after: &str| -> SocketAddr {
         let rest = &line[line.find(after).unwrap() + after.len()..];
-        rest.split(|c: char| c == ' ' || c == ',')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        rest.split([' ', ',']).next().unwrap().parse().unwrap()
     };
     (child, addr(" on "), addr("admin on "))
 }
