@@ -19,6 +19,11 @@ pub struct BackendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -30,6 +35,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<BackendLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
     pub config_version: Gauge,
     pub last_reload_seconds: Gauge<f64, AtomicU64>,
 }
@@ -73,6 +79,12 @@ impl Metrics {
             "Configuration loads, by result (ok, error)",
             reloads.clone(),
         );
+        let handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes on the proxy listener, by reason",
+            handshake_failures.clone(),
+        );
         let config_version = Gauge::default();
         registry.register(
             "config_version",
@@ -95,6 +107,7 @@ impl Metrics {
             registry,
             requests,
             reloads,
+            handshake_failures,
             config_version,
             last_reload_seconds,
         }
@@ -112,6 +125,12 @@ impl Metrics {
                 .clone()
         });
         BackendCounters { by_class }
+    }
+
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -16,8 +16,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access::Principal;
 use crate::app::Shared;
 use crate::error::ProxyError;
+use crate::identity::Identity;
 
 /// Response body: a backend's streamed body, or a small one the proxy made.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -40,18 +42,33 @@ pub struct ConnInfo {
     pub proto: HeaderValue,
     /// `x-forwarded-client-cert` for the verified client certificate, if any.
     pub xfcc: Option<HeaderValue>,
+    /// The caller's (namespace, ServiceAccount), for `access: enforce`.
+    pub principal: Option<Principal>,
+    /// The caller's name for messages: SPIFFE ID, DNS name or CN; `(anonymous)` without one.
+    pub caller: String,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool, xfcc: Option<HeaderValue>) -> Self {
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        identity: Option<Identity>,
+        xfcc: Option<HeaderValue>,
+    ) -> Self {
         let peer_ip = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        let principal = identity.as_ref().and_then(Principal::from_identity);
+        let caller = identity
+            .as_ref()
+            .map_or_else(|| "(anonymous)".to_string(), |i| i.name().to_string());
         ConnInfo {
             peer,
             peer_ip,
             proto,
             xfcc,
+            principal,
+            caller,
         }
     }
 }
@@ -90,6 +107,19 @@ async fn forward(
                 method: req.method().clone(),
                 path: req.uri().path().to_string(),
             })?;
+        if let Some(policy) = &split.policy {
+            if !policy.allows(
+                conn.principal.as_ref(),
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+            ) {
+                return Err(ProxyError::Forbidden {
+                    identity: conn.caller.clone(),
+                    service: split.service.clone(),
+                });
+            }
+        }
         let backend = split
             .pick()
             .ok_or_else(|| ProxyError::NoBackend(format!("{}/{}", split.namespace, split.name)))?;

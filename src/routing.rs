@@ -16,7 +16,8 @@ use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method};
 use rustc_hash::FxHashMap;
 
-use crate::config::{Config, Endpoint, HttpMatch, Selection, Timeouts};
+use crate::access::Policy;
+use crate::config::{AccessMode, Config, Endpoint, HttpMatch, Selection, Timeouts};
 use crate::metrics::{BackendCounters, Metrics};
 use crate::split::{with_rng, WeightedPicker};
 
@@ -54,6 +55,8 @@ pub struct Split {
     pub backends: Box<[Arc<Backend>]>,
     /// Where an all-zero split sends traffic (the root service, when `spec.services` has it).
     pub fallback: Option<Arc<Backend>>,
+    /// Who may call this split; `None` under `access: permissive`.
+    pub policy: Option<Policy>,
 }
 
 pub struct Backend {
@@ -135,6 +138,7 @@ impl RoutingTable {
                 picker: WeightedPicker::new(&weights),
                 backends,
                 fallback,
+                policy: (proxy.access == AccessMode::Enforce).then(|| Policy::compile(s, &config)),
             }));
         }
         // group by host: conditional splits first (document order), then the catch-all
@@ -219,16 +223,18 @@ impl RoutingTable {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let p = &self.config.proxy;
+        let tls = match &p.tls {
+            Some(t) => format!(
+                "mTLS, clientAuth {}",
+                format!("{:?}", t.client_auth).to_lowercase()
+            ),
+            None => "plain HTTP".into(),
+        };
+        let access = format!("{:?}", p.access).to_lowercase();
         let _ = writeln!(
             out,
-            "listen {} ({}), admin {}, access {:?}",
-            p.listen,
-            match &p.tls {
-                Some(t) => format!("TLS, clientAuth {:?}", t.client_auth).to_lowercase(),
-                None => "plain HTTP".into(),
-            },
-            p.admin,
-            p.access
+            "listen {} ({tls}), admin {}, access {access}",
+            p.listen, p.admin
         );
         for s in self.splits.iter() {
             let _ = writeln!(

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::app::Shared;
 use crate::h1guard::H1Guard;
 use crate::proxy::{self, ConnInfo};
+use crate::tls;
 
 /// Pause after an accept error (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,15 +43,22 @@ pub async fn serve(
                             Some(acceptor) => {
                                 let timeout = shared.routes.load().timeouts.client_header;
                                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                    Ok(Ok((stream, xfcc, h2))) => {
-                                        let conn = Arc::new(ConnInfo::new(peer, true, xfcc));
-                                        serve_http(stream, h2, conn, shared, watcher).await;
+                                    Ok(Ok(a)) => {
+                                        let conn = Arc::new(ConnInfo::new(peer, true, a.identity, a.xfcc));
+                                        serve_http(a.stream, a.h2, conn, shared, watcher).await;
                                     }
-                                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                    Ok(Err(e)) => {
+                                        let reason = tls::failure_reason(&e);
+                                        shared.metrics.handshake_failed(reason);
+                                        tracing::debug!(%peer, reason, "TLS handshake failed: {e}");
+                                    }
+                                    Err(_) => {
+                                        shared.metrics.handshake_failed("timeout");
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                    }
                                 }
                             }
-                            None => serve_http(tcp, false, Arc::new(ConnInfo::new(peer, false, None)), shared, watcher).await,
+                            None => serve_http(tcp, false, Arc::new(ConnInfo::new(peer, false, None, None)), shared, watcher).await,
                         }
                     });
                 }

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{ClientAuth, TlsSettings};
+use crate::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -76,7 +77,7 @@ impl Acceptor {
         };
         let by = chain
             .first()
-            .and_then(|c| crate::identity::Identity::from_der(c))
+            .and_then(|c| Identity::from_der(c))
             .and_then(|i| i.spiffe);
         let mut config = builder.with_single_cert(chain, key).map_err(|e| {
             TlsError::Config(format!(
@@ -92,22 +93,54 @@ impl Acceptor {
         })
     }
 
-    /// Handshake; returns the stream, the XFCC value for a verified client certificate,
-    /// and whether ALPN chose h2.
-    pub async fn accept(
-        &self,
-        tcp: TcpStream,
-    ) -> std::io::Result<(TlsStream<TcpStream>, Option<HeaderValue>, bool)> {
+    /// Handshake; returns the stream, the verified client identity, and its XFCC value.
+    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Accepted> {
         let stream = self.inner.accept(tcp).await?;
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let xfcc = stream
-            .get_ref()
-            .1
+        let session = stream.get_ref().1;
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let identity = session
             .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|leaf| crate::identity::Identity::from_der(leaf))
+            .and_then(|c| c.first())
+            .and_then(|leaf| Identity::from_der(leaf));
+        let xfcc = identity
+            .as_ref()
             .and_then(|id| HeaderValue::try_from(id.xfcc(self.by.as_deref())).ok());
-        Ok((stream, xfcc, h2))
+        Ok(Accepted {
+            stream,
+            identity,
+            xfcc,
+            h2,
+        })
+    }
+}
+
+/// A finished handshake.
+pub struct Accepted {
+    pub stream: TlsStream<TcpStream>,
+    pub identity: Option<Identity>,
+    pub xfcc: Option<HeaderValue>,
+    /// ALPN chose HTTP/2.
+    pub h2: bool,
+}
+
+/// Why a handshake failed, as a metric label: a scanner must not flood the log, so failures
+/// are counted by reason and logged at debug level only.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(c)) => match c {
+            C::UnknownIssuer => "unknown_ca",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "bad_key_usage",
+            _ => "bad_certificate",
+        },
+        Some(E::AlertReceived(_)) => "alert_received",
+        Some(E::NoApplicationProtocol) => "no_alpn",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "protocol",
+        None => "io",
     }
 }
 

@@ -55,6 +55,7 @@ impl Pki {
 struct TlsAnswer {
     status: StatusCode,
     headers: HeaderMap,
+    body: String,
     alpn: Option<Vec<u8>>,
     version: Option<rustls::ProtocolVersion>,
     server_cert: Vec<u8>,
@@ -66,6 +67,18 @@ async fn tls_get(
     ca_pem: &str,
     client: Option<&Issued>,
     h2: bool,
+    extra: &[(&str, &str)],
+) -> Result<TlsAnswer, String> {
+    tls_send(addr, ca_pem, client, h2, "GET", "/", extra).await
+}
+
+async fn tls_send(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    client: Option<&Issued>,
+    h2: bool,
+    method: &str,
+    path: &str,
     extra: &[(&str, &str)],
 ) -> Result<TlsAnswer, String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -106,7 +119,10 @@ async fn tls_get(
         .map(|c| c.to_vec())
         .unwrap_or_default();
     let io = hyper_util::rt::TokioIo::new(tls);
-    let mut req = Request::get("https://web/").header("host", "web");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("https://web{path}"))
+        .header("host", "web");
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
@@ -127,10 +143,14 @@ async fn tls_get(
     };
     let status = resp.status();
     let headers = resp.headers().clone();
-    let _ = resp.into_body().collect().await;
+    let body = match resp.into_body().collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    };
     Ok(TlsAnswer {
         status,
         headers,
+        body,
         alpn,
         version,
         server_cert,
@@ -404,5 +424,172 @@ fn certs_init_output_is_accepted_by_openssl_and_refuses_to_overwrite() {
                 String::from_utf8_lossy(&v.stdout)
             );
         }
+    }
+}
+
+const POLICY: &str = r#"
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata:
+  name: web-routes
+  namespace: default
+spec:
+  matches:
+  - name: api
+    pathRegex: "/api"
+    methods: ["GET"]
+  - name: metrics
+    pathRegex: "/metrics"
+    methods: ["*"]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata:
+  name: frontend-to-web
+  namespace: default
+spec:
+  destination:
+    kind: ServiceAccount
+    name: web
+    namespace: default
+  rules:
+  - kind: HTTPRouteGroup
+    name: web-routes
+    matches:
+    - api
+  sources:
+  - kind: ServiceAccount
+    name: frontend
+    namespace: shop
+---
+apiVersion: access.smi-spec.io/v1alpha1
+kind: TrafficTarget
+metadata:
+  name: prometheus-to-web
+  namespace: default
+destination:
+  kind: ServiceAccount
+  name: web
+  namespace: default
+specs:
+- kind: HTTPRouteGroup
+  name: web-routes
+  matches:
+  - metrics
+sources:
+- kind: ServiceAccount
+  name: prometheus
+  namespace: monitoring
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_allows_exactly_the_traffic_target_sources_and_routes() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let yaml = pki.config(&v1, "require").replace(
+        "  exposeBackend: true\n",
+        "  exposeBackend: true\n  access: enforce\n",
+    ) + POLICY;
+    let proxy = Proxy::start(&yaml).await;
+    let ca = pki.ca.cert_pem();
+    let frontend = pki.client(SPIFFE);
+    let prometheus = pki.client("spiffe://cluster.local/ns/monitoring/sa/prometheus");
+    let stranger = pki.client("spiffe://cluster.local/ns/shop/sa/stranger");
+    // OSM's own certificate form: CN <sa>.<ns>.<trust-domain>, no URI SAN
+    let osm = pki
+        .ca
+        .issue(&Leaf {
+            common_name: "frontend.shop.cluster.local".into(),
+            client: true,
+            ..Default::default()
+        })
+        .unwrap();
+
+    let call = |who: &Issued, method: &'static str, path: &'static str| {
+        let ca = ca.clone();
+        let who = Issued {
+            cert_pem: who.cert_pem.clone(),
+            key_pem: who.key_pem.clone(),
+            der: who.der.clone(),
+        };
+        async move {
+            tls_send(proxy.addr, &ca, Some(&who), false, method, path, &[])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        call(&frontend, "GET", "/api/items").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(call(&osm, "GET", "/api/items").await.status, StatusCode::OK);
+    assert_eq!(
+        call(&frontend, "POST", "/api/items").await.status,
+        StatusCode::FORBIDDEN,
+        "method not in the rule"
+    );
+    assert_eq!(
+        call(&frontend, "GET", "/metrics").await.status,
+        StatusCode::FORBIDDEN,
+        "match not granted to frontend"
+    );
+    assert_eq!(
+        call(&prometheus, "GET", "/metrics").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&prometheus, "GET", "/api").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let denied = call(&stranger, "GET", "/api").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert!(
+        denied
+            .body
+            .contains("spiffe://cluster.local/ns/shop/sa/stranger")
+            && denied.body.contains("web"),
+        "{}",
+        denied.body
+    );
+    assert_eq!(denied.headers["server"], "splitproxy");
+    assert_eq!(v1.hits(), 3);
+
+    // permissive: every verified caller gets through
+    let proxy = Proxy::start(&(pki.config(&v1, "require") + POLICY)).await;
+    let a = tls_send(
+        proxy.addr,
+        &ca,
+        Some(&stranger),
+        false,
+        "POST",
+        "/anything",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_counted_by_reason() {
+    let pki = Pki::new();
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "require")).await;
+    let ca = pki.ca.cert_pem();
+    let _ = tls_get(proxy.addr, &ca, None, false, &[]).await;
+    let other = Ca::new("other CA").unwrap().client("x", SPIFFE).unwrap();
+    let _ = tls_get(proxy.addr, &ca, Some(&other), false, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = admin_get(&proxy, "/metrics").await;
+        if metrics
+            .contains("splitproxy_tls_handshake_failures_total{reason=\"no_client_certificate\"} 1")
+            && metrics.contains("splitproxy_tls_handshake_failures_total{reason=\"unknown_ca\"} 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
