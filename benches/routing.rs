@@ -16,6 +16,7 @@ use splitproxy::config;
 use splitproxy::metrics::Metrics;
 use splitproxy::routing::RoutingTable;
 use splitproxy::split::WeightedPicker;
+use splitproxy::upstream::Upstream;
 
 /// A configuration with `splits` splits of `backends` backends each (weights 1..=n).
 fn config_yaml(splits: usize, backends: usize) -> String {
@@ -50,7 +51,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn table(splits: usize, backends: usize) -> ArcSwap<RoutingTable> {
     let cfg = load(splits, backends);
-    ArcSwap::from_pointee(runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new())))
+    let upstream = Upstream::new(Duration::from_secs(1));
+    let table = runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new(), &upstream));
+    ArcSwap::from_pointee(table.expect("bench table builds"))
 }
 
 /// What a request does to route: one load, one lookup, one select, one pick, one endpoint.
@@ -135,8 +138,11 @@ fn build(c: &mut Criterion) {
     for n in [100usize, 1000] {
         let cfg = load(n, 2);
         let metrics = Metrics::new();
+        let upstream = Upstream::new(Duration::from_secs(1));
         g.bench_function(BenchmarkId::new("splits", n), |b| {
-            b.iter(|| black_box(rt.block_on(RoutingTable::build(cfg.clone(), 1, &metrics))))
+            b.iter(|| {
+                black_box(rt.block_on(RoutingTable::build(cfg.clone(), 1, &metrics, &upstream)))
+            })
         });
     }
     g.finish();

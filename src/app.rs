@@ -118,7 +118,10 @@ impl Server {
         let fingerprint = cfg.fingerprint;
         let connect = cfg.proxy.timeouts.connect;
         let config = Arc::new(cfg);
-        let table = RoutingTable::build(config.clone(), 1, &metrics).await;
+        let upstream = Upstream::new(connect);
+        let table = RoutingTable::build(config.clone(), 1, &metrics, &upstream)
+            .await
+            .map_err(StartError::Config)?;
         metrics.reload(true);
         metrics.config_version.set(1);
         metrics.last_reload_seconds.set(crate::unix_now());
@@ -126,7 +129,7 @@ impl Server {
             config_path: path,
             routes: ArcSwap::from_pointee(table),
             tls: ArcSwapOption::new(acceptor),
-            upstream: Upstream::new(connect),
+            upstream,
             metrics,
             last_fingerprint: AtomicU64::new(fingerprint),
             last_errors: ArcSwapOption::empty(),

@@ -122,7 +122,24 @@ pub struct Proxy {
     pub timeouts: Timeouts,
     pub shutdown: ShutdownSettings,
     pub expose_backend: bool,
-    pub services: BTreeMap<String, Vec<Endpoint>>,
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A backend service: where it runs, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub endpoints: Vec<Endpoint>,
+    /// Connect with TLS (HTTPS upstream) when set.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS origination to a backend: server verification against `ca`, SNI `server_name`
+/// (default: the endpoint's host), optional client certificate (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    pub server_name: Option<String>,
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,8 +324,35 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
             config.files.push(file.clone());
         }
     }
+    let upstream_files: Vec<PathBuf> = config
+        .proxy
+        .services
+        .values()
+        .filter_map(|s| s.tls.as_ref())
+        .flat_map(|t| {
+            std::iter::once(t.ca.clone())
+                .chain(t.client.iter().flat_map(|(c, k)| [c.clone(), k.clone()]))
+        })
+        .collect();
+    for file in upstream_files {
+        if let Ok(bytes) = std::fs::read(&file) {
+            file.hash(&mut hasher);
+            bytes.hash(&mut hasher);
+        }
+        config.files.push(file);
+    }
     config.fingerprint = hasher.finish();
     Ok(config)
+}
+
+/// `[3]` for a sequence path `3`, as our field paths write list indexes.
+fn seq_path(path: &serde_path_to_error::Path) -> String {
+    let p = path.to_string();
+    if p == "." {
+        String::new()
+    } else {
+        format!("[{p}]")
+    }
 }
 
 fn file_error(file: &Path, reason: String) -> ConfigError {
@@ -671,8 +715,70 @@ impl Loader {
         };
 
         let mut services = BTreeMap::new();
-        for (name, endpoints) in spec.services {
+        for (name, value) in spec.services {
             let field = format!("spec.services.{name}");
+            // a plain list of endpoints, or a mapping with endpoints and upstream TLS
+            let (endpoints, tls_raw, list_field) = if value.is_sequence() {
+                match serde_path_to_error::deserialize::<_, Vec<String>>(value) {
+                    Ok(list) => (list, None, field.clone()),
+                    Err(e) => {
+                        self.errors.push(origin.error(
+                            format!("{field}{}", seq_path(e.path())),
+                            e.into_inner().to_string(),
+                        ));
+                        continue;
+                    }
+                }
+            } else if value.is_mapping() {
+                match serde_path_to_error::deserialize::<_, raw::Service>(value) {
+                    Ok(svc) => (svc.endpoints, svc.tls, format!("{field}.endpoints")),
+                    Err(e) => {
+                        self.errors.push(
+                            origin
+                                .error(format!("{field}.{}", e.path()), e.into_inner().to_string()),
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                self.errors.push(origin.error(
+                    &field,
+                    "expected a list of host:port endpoints, or a mapping with endpoints and tls",
+                ));
+                continue;
+            };
+            let tls = tls_raw.and_then(|t| {
+                let mut file = |f: &str, p: &str| {
+                    let path = dir.join(p);
+                    match std::fs::metadata(&path) {
+                        Ok(_) => Some(path),
+                        Err(e) => {
+                            self.errors.push(origin.error(
+                                format!("{field}.tls.{f}"),
+                                format!("cannot read {}: {e}", path.display()),
+                            ));
+                            None
+                        }
+                    }
+                };
+                let ca = file("ca", &t.ca)?;
+                let client = match (t.cert, t.key) {
+                    (Some(c), Some(k)) => Some((file("cert", &c)?, file("key", &k)?)),
+                    (None, None) => None,
+                    _ => {
+                        self.errors.push(origin.error(
+                            format!("{field}.tls"),
+                            "cert and key go together (client certificate for mTLS origination)",
+                        ));
+                        return None;
+                    }
+                };
+                Some(UpstreamTls {
+                    ca,
+                    server_name: t.server_name,
+                    client,
+                })
+            });
             if endpoints.is_empty() {
                 self.errors
                     .push(origin.error(&field, "must list at least one endpoint (host:port)"));
@@ -682,10 +788,18 @@ impl Loader {
             for (i, text) in endpoints.iter().enumerate() {
                 match values::parse_endpoint(text) {
                     Ok(e) => parsed.push(e),
-                    Err(e) => self.errors.push(origin.error(format!("{field}[{i}]"), e)),
+                    Err(e) => self
+                        .errors
+                        .push(origin.error(format!("{list_field}[{i}]"), e)),
                 }
             }
-            services.insert(name, parsed);
+            services.insert(
+                name,
+                Service {
+                    endpoints: parsed,
+                    tls,
+                },
+            );
         }
         let _ = doc.metadata;
         if self.errors.len() != before {

@@ -200,11 +200,19 @@ fn validate(path: PathBuf) -> ExitCode {
         }
     }
     let metrics = splitproxy::metrics::Metrics::new();
-    let table = rt.block_on(RoutingTable::build(
+    let upstream = splitproxy::upstream::Upstream::new(config.proxy.timeouts.connect);
+    let table = match rt.block_on(RoutingTable::build(
         std::sync::Arc::new(config),
         1,
         &metrics,
-    ));
+        &upstream,
+    )) {
+        Ok(t) => t,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
     println!("configuration OK: {}", path.display());
     print!("{}", table.describe());
     ExitCode::SUCCESS

@@ -136,8 +136,17 @@ async fn forward(
         return Err(ProxyError::NoEndpoint(backend.service.clone()));
     };
 
-    let downstream_upgrade = prepare_request(&mut req, conn, endpoint.clone());
-    let result = tokio::time::timeout(upstream_timeout, shared.upstream.request(req)).await;
+    let scheme = if backend.tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let downstream_upgrade = prepare_request(&mut req, conn, scheme, endpoint.clone());
+    let sent = match &backend.tls {
+        Some(client) => client.request(req),
+        None => shared.upstream.request(req),
+    };
+    let result = tokio::time::timeout(upstream_timeout, sent).await;
     let mut resp = match result {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -203,6 +212,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 fn prepare_request(
     req: &mut Request<Incoming>,
     conn: &ConnInfo,
+    scheme: Scheme,
     endpoint: Authority,
 ) -> Option<hyper::upgrade::OnUpgrade> {
     let upgrade = if req.version() == Version::HTTP_11 {
@@ -229,7 +239,7 @@ fn prepare_request(
     };
 
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(endpoint);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

@@ -209,7 +209,15 @@ pub async fn apply(
     shared
         .upstream
         .set_connect_timeout(cfg.proxy.timeouts.connect);
-    let table = RoutingTable::build(Arc::new(cfg), version, &shared.metrics).await;
+    let table = match RoutingTable::build(Arc::new(cfg), version, &shared.metrics, &shared.upstream)
+        .await
+    {
+        Ok(t) => t,
+        Err(errors) => {
+            reject(shared, trigger, &errors);
+            return Err(errors);
+        }
+    };
     shared.routes.store(Arc::new(table));
     if let Some(a) = acceptor {
         shared.tls.store(Some(a));

@@ -5,7 +5,7 @@
 //! walks the route's splits (conditional ones first), draws one weighted pick and one
 //! endpoint. No lock, no allocation, no string hashing beyond that lookup.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -17,9 +17,11 @@ use http::{HeaderMap, HeaderValue, Method};
 use rustc_hash::FxHashMap;
 
 use crate::access::Policy;
+use crate::config::ConfigError;
 use crate::config::{AccessMode, Config, Endpoint, HttpMatch, Selection, Timeouts};
 use crate::metrics::{BackendCounters, Metrics};
 use crate::split::{with_rng, WeightedPicker};
+use crate::upstream::{TlsClient, Upstream};
 
 /// How often DNS names in `spec.services` are resolved again (Envoy's default refresh).
 pub const DNS_REFRESH: Duration = Duration::from_secs(5);
@@ -65,6 +67,8 @@ pub struct Backend {
     /// `x-splitproxy-backend` value, made once.
     pub header: HeaderValue,
     pub endpoints: Endpoints,
+    /// The TLS-originating client for an HTTPS upstream; `None`: plain HTTP.
+    pub tls: Option<Arc<TlsClient>>,
     pub counters: BackendCounters,
     /// The backend's request count when this table was built: `/routes` shows the
     /// share observed since the last reload without a second counter per request.
@@ -86,16 +90,56 @@ pub enum Endpoints {
 impl RoutingTable {
     /// Build the table for a validated configuration. Resolves DNS names (bounded by the
     /// connect timeout); a name that does not resolve yet leaves that endpoint empty.
-    pub async fn build(config: Arc<Config>, version: u64, metrics: &Metrics) -> RoutingTable {
-        let table = Self::assemble(config, version, metrics);
+    ///
+    /// Fails only when an upstream TLS service's CA or client certificate is unusable.
+    pub async fn build(
+        config: Arc<Config>,
+        version: u64,
+        metrics: &Metrics,
+        upstream: &Upstream,
+    ) -> Result<RoutingTable, Vec<ConfigError>> {
+        let mut tls_clients = HashMap::new();
+        let mut errors = Vec::new();
+        for (name, service) in &config.proxy.services {
+            let Some(tls) = &service.tls else { continue };
+            let server_name = tls
+                .server_name
+                .clone()
+                .or_else(|| service.endpoints.first().map(|e| e.host.clone()))
+                .unwrap_or_default();
+            match upstream.tls_client(tls, &server_name) {
+                Ok(client) => {
+                    tls_clients.insert(name.clone(), client);
+                }
+                Err(reason) => {
+                    let origin = &config.proxy.origin;
+                    errors.push(ConfigError {
+                        file: origin.file.to_path_buf(),
+                        document: Some(origin.document),
+                        object: Some(("Proxy".into(), origin.name.clone())),
+                        field: Some(format!("spec.services.{name}.tls")),
+                        reason,
+                    });
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let table = Self::assemble(config, version, metrics, &tls_clients);
         table.resolve_all(table.timeouts.connect).await;
-        table
+        Ok(table)
     }
 
-    fn assemble(config: Arc<Config>, version: u64, metrics: &Metrics) -> RoutingTable {
+    fn assemble(
+        config: Arc<Config>,
+        version: u64,
+        metrics: &Metrics,
+        tls_clients: &HashMap<String, Arc<TlsClient>>,
+    ) -> RoutingTable {
         let proxy = &config.proxy;
         let backend_of = |split: &crate::config::TrafficSplit, service: &str, weight: u64| {
-            let endpoints = &proxy.services[service];
+            let endpoints = &proxy.services[service].endpoints;
             let counters = metrics.backend(&format!("{}/{}", split.namespace, split.name), service);
             let baseline = counters.total();
             Arc::new(Backend {
@@ -103,6 +147,7 @@ impl RoutingTable {
                 weight,
                 header: header_value(service),
                 endpoints: Endpoints::new(endpoints),
+                tls: tls_clients.get(service).cloned(),
                 counters,
                 baseline,
             })

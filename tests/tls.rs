@@ -593,3 +593,175 @@ async fn failed_handshakes_are_counted_by_reason() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A backend that only speaks HTTPS and requires a client certificate from `ca`; answers
+/// with the client's CN in `x-peer`.
+async fn tls_backend(pki: &Pki) -> std::net::SocketAddr {
+    let server = pki.ca.server(&["backend.internal".into()]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        splitproxy::tls::provider(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(splitproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let cn = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| splitproxy::identity::Identity::from_der(c))
+                    .and_then(|i| i.cn)
+                    .unwrap_or_default();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let cn = cn.clone();
+                    async move {
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"secure"),
+                        ));
+                        r.headers_mut().insert("x-peer", cn.parse().unwrap());
+                        r.headers_mut()
+                            .insert("x-backend", "secure".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mtls_origination_to_a_tls_backend() {
+    let pki = Pki::new();
+    let backend = tls_backend(&pki).await;
+    let proxy_client = pki
+        .ca
+        .client(
+            "splitproxy-gateway",
+            "spiffe://cluster.local/ns/gw/sa/gateway",
+        )
+        .unwrap();
+    let d = pki.dir.path();
+    std::fs::write(d.join("up-client.pem"), &proxy_client.cert_pem).unwrap();
+    std::fs::write(d.join("up-client-key.pem"), &proxy_client.key_pem).unwrap();
+    let service = |ca: &str| {
+        format!(
+            "apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: t\nspec:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  services:\n    secure:\n      endpoints: [\"{backend}\"]\n      tls:\n        ca: {ca}\n        serverName: backend.internal\n        cert: up-client.pem\n        key: up-client-key.pem\n"
+        ) + &split_doc("s", "web", &[("secure", 1)])
+    };
+    // relative paths: next to the config file, which lives in the PKI folder
+    let path = d.join("proxy.yaml");
+    std::fs::write(&path, service("ca.pem")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_at(dir, path.clone()).await;
+    let a = get(&client(), &proxy.url("/"), "web").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (StatusCode::OK, "secure"),
+        "{}",
+        a.body
+    );
+    assert_eq!(
+        a.headers["x-peer"], "splitproxy-gateway",
+        "the proxy presented its client certificate"
+    );
+
+    // a CA that did not sign the backend: the handshake fails, 502
+    let other = Ca::new("other").unwrap();
+    std::fs::write(d.join("other-ca.pem"), other.cert_pem()).unwrap();
+    std::fs::write(&path, service("other-ca.pem")).unwrap();
+    let shared = proxy.server.as_ref().unwrap().shared;
+    splitproxy::reload::apply(shared, "SIGHUP")
+        .await
+        .expect("valid config");
+    let a = get(&client(), &proxy.url("/"), "web").await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_8_concurrent_clients_fails_no_request() {
+    let pki = Arc::new(Pki::new());
+    let v1 = Backend::spawn("v1").await;
+    let proxy = Proxy::start(&pki.config(&v1, "require")).await;
+    let addr = proxy.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let client = Arc::new(pki.client(SPIFFE));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (stop, failures, done, client, ca) = (
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
+            client.clone(),
+            pki.ca.cert_pem(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // a new connection each time: every request is a new handshake
+                match tls_get(addr, &ca, Some(&client), false, &[]).await {
+                    Ok(a) if a.status == StatusCode::OK => {
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    }
+                    _ => failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    let mut serials = Vec::new();
+    for _ in 0..3 {
+        let rotated = pki.ca.server(&["localhost".into()]).unwrap();
+        pki.write_server(&rotated);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tls_get(addr, &pki.ca.cert_pem(), Some(&client), false, &[])
+            .await
+            .map(|a| a.server_cert)
+            .ok()
+            != Some(rotated.der.clone())
+        {
+            assert!(Instant::now() < deadline, "rotation not picked up");
+        }
+        serials.push(rotated.der);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "{} succeeded",
+        done.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst) > 8);
+}

@@ -41,8 +41,26 @@ pub struct ProxySpec {
     pub timeouts: Option<Timeouts>,
     pub shutdown: Option<Shutdown>,
     pub expose_backend: Option<bool>,
+    /// Each a list of endpoints, or a `Service` mapping: decided in validation so that
+    /// both shapes get precise errors.
     #[serde(default)]
-    pub services: BTreeMap<String, Vec<String>>,
+    pub services: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub endpoints: Vec<String>,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamTls {
+    pub ca: String,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
