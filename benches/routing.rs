@@ -19,14 +19,14 @@ use splitproxy::split::WeightedPicker;
 use splitproxy::upstream::Upstream;
 
 /// A configuration with `splits` splits of `backends` backends each (weights 1..=n).
-fn config_yaml(splits: usize, backends: usize) -> String {
+fn config_yaml(splits: usize, backends: usize, annotations: &str) -> String {
     let mut s = String::from("apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: bench\nspec:\n  listen: 127.0.0.1:0\n  services:\n");
     for b in 0..backends {
         s.push_str(&format!("    svc-{b}: [\"127.0.0.1:{}\"]\n", 10000 + b));
     }
     for i in 0..splits {
         s.push_str(&format!(
-            "---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata:\n  name: split-{i}\n  namespace: default\nspec:\n  service: site-{i}\n  backends:\n"
+            "---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata:\n  name: split-{i}\n  namespace: default\n{annotations}spec:\n  service: site-{i}\n  backends:\n"
         ));
         for b in 0..backends {
             s.push_str(&format!("  - service: svc-{b}\n    weight: {}\n", b + 1));
@@ -36,9 +36,13 @@ fn config_yaml(splits: usize, backends: usize) -> String {
 }
 
 fn load(splits: usize, backends: usize) -> Arc<config::Config> {
+    load_with(splits, backends, "")
+}
+
+fn load_with(splits: usize, backends: usize, annotations: &str) -> Arc<config::Config> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.yaml");
-    std::fs::write(&path, config_yaml(splits, backends)).unwrap();
+    std::fs::write(&path, config_yaml(splits, backends, annotations)).unwrap();
     Arc::new(config::load(&path).expect("bench config is valid"))
 }
 
@@ -50,7 +54,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn table(splits: usize, backends: usize) -> ArcSwap<RoutingTable> {
-    let cfg = load(splits, backends);
+    table_with(splits, backends, "")
+}
+
+fn table_with(splits: usize, backends: usize, annotations: &str) -> ArcSwap<RoutingTable> {
+    let cfg = load_with(splits, backends, annotations);
     let upstream = Upstream::new(Duration::from_secs(1));
     let table = runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new(), &upstream));
     ArcSwap::from_pointee(table.expect("bench table builds"))
@@ -66,7 +74,7 @@ fn route(
     let table = live.load();
     let route = table.lookup(host)?;
     let split = route.select(&Method::GET, "/", headers)?;
-    split.pick()?.endpoint()
+    split.pick(headers).0?.endpoint()
 }
 
 fn pick(c: &mut Criterion) {
@@ -148,5 +156,31 @@ fn build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick, lookup, threads, build);
+/// The whole lookup under each selection policy (`splitproxy.dev/selection`).
+fn policies(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policy_lookup");
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", http::HeaderValue::from_static("user-12345"));
+    headers.insert(
+        http::header::COOKIE,
+        http::HeaderValue::from_static("theme=dark; canary=00000000deadbeef"),
+    );
+    let cases = [
+        ("random", ""),
+        ("deterministic", "  annotations:\n    splitproxy.dev/selection: deterministic\n"),
+        ("sticky_header", "  annotations:\n    splitproxy.dev/selection: sticky\n    splitproxy.dev/sticky-header: x-user\n"),
+        ("sticky_cookie", "  annotations:\n    splitproxy.dev/selection: sticky\n    splitproxy.dev/sticky-cookie: canary\n"),
+    ];
+    for (name, annotations) in cases {
+        for n in [2usize, 10] {
+            let live = table_with(10, n, annotations);
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| black_box(route(&live, black_box("site-7"), &headers)))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pick, lookup, threads, build, policies);
 criterion_main!(benches);

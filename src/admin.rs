@@ -97,7 +97,7 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                 "namespace": s.namespace,
                 "service": s.service,
                 "hosts": s.hosts,
-                "selection": format!("{:?}", s.selection).to_lowercase(),
+                "selection": s.selection.name(),
                 "totalWeight": total_weight,
                 "fallback": s.fallback.as_ref().map(|f| &f.service),
                 "backends": backends,

@@ -32,8 +32,12 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 pub const ANNOTATION_PREFIX: &str = "splitproxy.dev/";
 /// Annotations this version understands; any other `splitproxy.dev/` key is a typo.
-pub const KNOWN_ANNOTATIONS: &[&str] =
-    &["splitproxy.dev/selection", "splitproxy.dev/service-account"];
+pub const KNOWN_ANNOTATIONS: &[&str] = &[
+    "splitproxy.dev/selection",
+    "splitproxy.dev/sticky-header",
+    "splitproxy.dev/sticky-cookie",
+    "splitproxy.dev/service-account",
+];
 
 // === errors ===
 
@@ -197,9 +201,33 @@ impl Default for ShutdownSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a split picks a backend (`splitproxy.dev/selection`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
+    /// Independent weighted random draw per request (the default).
     Random,
+    /// Exact interleaved order: every window of sum(weights) picks holds each weight.
+    Deterministic,
+    /// The backend is a function of a request key: rendezvous hashing on the key.
+    Sticky(StickyKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// `splitproxy.dev/sticky-header`: lower-case header name.
+    Header(String),
+    /// `splitproxy.dev/sticky-cookie`: cookie name; set on responses to requests without it.
+    Cookie(String),
+}
+
+impl Selection {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Selection::Random => "random",
+            Selection::Deterministic => "deterministic",
+            Selection::Sticky(_) => "sticky",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -901,7 +929,9 @@ impl Loader {
                 matches.push(m.name);
             }
         }
-        let mut selection = Selection::Random;
+        let mut policy: Option<(&str, String)> = None;
+        let mut sticky_header: Option<String> = None;
+        let mut sticky_cookie: Option<String> = None;
         let mut service_account = host_forms(&spec.service, &namespace)[0].clone();
         for (key, value) in &meta.annotations {
             if !key.starts_with(ANNOTATION_PREFIX) {
@@ -910,12 +940,25 @@ impl Loader {
             let field = format!("metadata.annotations.{key}");
             match key.as_str() {
                 "splitproxy.dev/selection" => match value.as_str() {
-                    "random" => selection = Selection::Random,
+                    "random" | "deterministic" | "sticky" => policy = Some((value.as_str(), field)),
                     other => self.errors.push(origin.error(
                         field,
-                        format!("unknown selection policy {other:?} (known: random)"),
+                        format!("unknown selection policy {other:?} (known: random, deterministic, sticky)"),
                     )),
                 },
+                "splitproxy.dev/sticky-header" => match http::HeaderName::from_bytes(value.to_ascii_lowercase().as_bytes()) {
+                    Ok(_) => sticky_header = Some(value.to_ascii_lowercase()),
+                    Err(_) => self.errors.push(origin.error(field, format!("not a valid header name: {value:?}"))),
+                },
+                "splitproxy.dev/sticky-cookie" => {
+                    let valid = !value.is_empty()
+                        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    if valid {
+                        sticky_cookie = Some(value.clone());
+                    } else {
+                        self.errors.push(origin.error(field, format!("not a valid cookie name: {value:?}")));
+                    }
+                }
                 "splitproxy.dev/service-account" => service_account = value.clone(),
                 _ => self.errors.push(origin.error(
                     field,
@@ -926,6 +969,52 @@ impl Loader {
                 )),
             }
         }
+        let selection = match (
+            policy.as_ref().map(|(p, _)| *p),
+            sticky_header,
+            sticky_cookie,
+        ) {
+            (Some("sticky"), Some(h), None) => Selection::Sticky(StickyKey::Header(h)),
+            (Some("sticky"), None, Some(c)) => Selection::Sticky(StickyKey::Cookie(c)),
+            (Some("sticky"), _, _) => {
+                let field = policy.map(|(_, f)| f).unwrap_or_default();
+                self.errors.push(origin.error(
+                    field,
+                    "sticky needs exactly one of the annotations splitproxy.dev/sticky-header and splitproxy.dev/sticky-cookie",
+                ));
+                Selection::Random
+            }
+            (p, h, c) if h.is_some() || c.is_some() => {
+                let which = if h.is_some() {
+                    "sticky-header"
+                } else {
+                    "sticky-cookie"
+                };
+                self.errors.push(origin.error(
+                    format!("metadata.annotations.splitproxy.dev/{which}"),
+                    format!(
+                        "only used with splitproxy.dev/selection: sticky (selection is {})",
+                        p.unwrap_or("random")
+                    ),
+                ));
+                Selection::Random
+            }
+            (Some("deterministic"), _, _) => {
+                let weights: Vec<u64> = backends.iter().map(|b| b.weight).collect();
+                let len = crate::split::schedule_len(&weights);
+                if len > crate::split::MAX_SCHEDULE {
+                    self.errors.push(origin.error(
+                        "spec.backends",
+                        format!(
+                            "deterministic selection needs the weights, divided by their greatest common divisor, to sum to at most {}; they sum to {len}",
+                            crate::split::MAX_SCHEDULE
+                        ),
+                    ));
+                }
+                Selection::Deterministic
+            }
+            _ => Selection::Random,
+        };
         if self.errors.len() != before {
             return None;
         }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod h1guard;
 pub mod identity;
+pub mod measure;
 pub mod metrics;
 pub mod pki;
 pub mod proxy;

@@ -3,7 +3,11 @@
 //! only increments atomics (no label hashing, no lock). Series live in the families, not in
 //! the table, so they survive reloads and never go backwards.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +20,73 @@ pub struct BackendLabels {
     pub split: String,
     pub backend: String,
     pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendOnly {
+    pub split: String,
+    pub backend: String,
+}
+
+/// Upper bounds (seconds) of the request duration buckets: 0.5 ms to 10 s.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of atomics: prometheus-client's own takes a lock per observation, and
+/// the request path takes none.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// One more than the bounds: the last is +Inf.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    count: AtomicU64,
+    /// Sum in nanoseconds (an integer, so it can be an atomic add).
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    #[inline]
+    pub fn observe(&self, seconds: f64) {
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,19 +105,34 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct Metrics {
     registry: Registry,
     requests: Family<BackendLabels, Counter>,
+    durations: Family<BackendOnly, LatencyHistogram>,
+    connect_failures: Family<BackendOnly, Counter>,
+    timeouts: Family<BackendOnly, Counter>,
+    /// Open downstream connections.
+    pub active_connections: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     pub config_version: Gauge,
     pub last_reload_seconds: Gauge<f64, AtomicU64>,
 }
 
-/// One backend's request counters, by status class.
+/// One backend's series: requests by status class, duration, connect failures and
+/// timeouts. Handles to atomics; cloning one is cheap and made once per table build.
 #[derive(Clone, Debug, Default)]
 pub struct BackendCounters {
     by_class: [Counter; 5],
+    duration_handle: LatencyHistogram,
+    pub connect_failures: Counter,
+    pub timeouts: Counter,
 }
 
 impl BackendCounters {
+    /// Record one request's duration (seconds) next to its status.
+    #[inline]
+    pub fn observe_duration(&self, seconds: f64) {
+        self.duration_handle.observe(seconds);
+    }
+
     #[inline]
     pub fn observe(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
@@ -79,6 +165,30 @@ impl Metrics {
             "Configuration loads, by result (ok, error)",
             reloads.clone(),
         );
+        let durations = Family::<BackendOnly, LatencyHistogram>::default();
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to upstream response head (or the proxy's own answer), by split and backend",
+            durations.clone(),
+        );
+        let connect_failures = Family::<BackendOnly, Counter>::default();
+        registry.register(
+            "upstream_connect_failures",
+            "Requests answered 502 because the upstream could not be reached",
+            connect_failures.clone(),
+        );
+        let timeouts = Family::<BackendOnly, Counter>::default();
+        registry.register(
+            "upstream_timeouts",
+            "Requests answered 504 because the upstream did not answer in time",
+            timeouts.clone(),
+        );
+        let active_connections = Gauge::default();
+        registry.register(
+            "active_connections",
+            "Open downstream connections",
+            active_connections.clone(),
+        );
         let handshake_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
@@ -106,6 +216,10 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            durations,
+            connect_failures,
+            timeouts,
+            active_connections,
             reloads,
             handshake_failures,
             config_version,
@@ -124,7 +238,16 @@ impl Metrics {
                 })
                 .clone()
         });
-        BackendCounters { by_class }
+        let labels = BackendOnly {
+            split: split.into(),
+            backend: backend.into(),
+        };
+        BackendCounters {
+            by_class,
+            duration_handle: self.durations.get_or_create(&labels).clone(),
+            connect_failures: self.connect_failures.get_or_create(&labels).clone(),
+            timeouts: self.timeouts.get_or_create(&labels).clone(),
+        }
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
@@ -94,7 +95,7 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     // Route while the table guard is held; keep only owned handles across the await.
-    let (backend, endpoint, upstream_timeout, expose) = {
+    let (backend, endpoint, set_cookie, upstream_timeout, expose) = {
         let table = shared.routes.load();
         let host = request_host(&req).ok_or(ProxyError::NoHost)?;
         let route = table
@@ -120,17 +121,19 @@ async fn forward(
                 });
             }
         }
-        let backend = split
-            .pick()
+        let (backend, set_cookie) = split.pick(req.headers());
+        let backend = backend
             .ok_or_else(|| ProxyError::NoBackend(format!("{}/{}", split.namespace, split.name)))?;
         let endpoint = backend.endpoint();
         (
             backend.clone(),
             endpoint,
+            set_cookie,
             table.timeouts.upstream,
             table.expose_backend,
         )
     };
+    let started = Instant::now();
     let Some(endpoint) = endpoint else {
         backend.counters.observe(StatusCode::BAD_GATEWAY);
         return Err(ProxyError::NoEndpoint(backend.service.clone()));
@@ -164,7 +167,13 @@ async fn forward(
                     reason,
                 }
             };
+            if e.is_connect() {
+                backend.counters.connect_failures.inc();
+            }
             backend.counters.observe(err.status());
+            backend
+                .counters
+                .observe_duration(started.elapsed().as_secs_f64());
             return Err(err);
         }
         Err(_) => {
@@ -173,11 +182,21 @@ async fn forward(
                 endpoint: endpoint.to_string(),
                 after: upstream_timeout,
             };
+            backend.counters.timeouts.inc();
             backend.counters.observe(err.status());
+            backend
+                .counters
+                .observe_duration(started.elapsed().as_secs_f64());
             return Err(err);
         }
     };
     backend.counters.observe(resp.status());
+    backend
+        .counters
+        .observe_duration(started.elapsed().as_secs_f64());
+    if let Some(cookie) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = downstream_upgrade {

@@ -13,14 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rustc_hash::FxHashMap;
 
 use crate::access::Policy;
 use crate::config::ConfigError;
-use crate::config::{AccessMode, Config, Endpoint, HttpMatch, Selection, Timeouts};
+use crate::config::{AccessMode, Config, Endpoint, HttpMatch, Selection, StickyKey, Timeouts};
 use crate::metrics::{BackendCounters, Metrics};
-use crate::split::{with_rng, WeightedPicker};
+use crate::split::{with_rng, Rendezvous, Schedule, WeightedPicker};
 use crate::upstream::{TlsClient, Upstream};
 
 /// How often DNS names in `spec.services` are resolved again (Envoy's default refresh).
@@ -51,6 +51,7 @@ pub struct Split {
     pub service: String,
     pub hosts: Vec<String>,
     pub selection: Selection,
+    selector: Selector,
     pub service_account: String,
     matches: Box<[HttpMatch]>,
     picker: WeightedPicker,
@@ -177,7 +178,8 @@ impl RoutingTable {
                 namespace: s.namespace.clone(),
                 service: s.service.clone(),
                 hosts: s.hosts.clone(),
-                selection: s.selection,
+                selection: s.selection.clone(),
+                selector: Selector::new(&s.selection, s, &weights),
                 service_account: s.service_account.clone(),
                 matches,
                 picker: WeightedPicker::new(&weights),
@@ -336,6 +338,49 @@ impl RoutingTable {
     }
 }
 
+/// How one split chooses, compiled from its `Selection`.
+enum Selector {
+    Random,
+    Deterministic(Schedule),
+    StickyHeader(HeaderName, Rendezvous),
+    StickyCookie(String, Rendezvous),
+}
+
+impl Selector {
+    fn new(
+        selection: &Selection,
+        split: &crate::config::TrafficSplit,
+        weights: &[u64],
+    ) -> Selector {
+        let names: Vec<&str> = split.backends.iter().map(|b| b.service.as_str()).collect();
+        match selection {
+            Selection::Random => Selector::Random,
+            // all weights 0: no schedule, the random picker yields the fallback
+            Selection::Deterministic => {
+                Schedule::new(weights).map_or(Selector::Random, Selector::Deterministic)
+            }
+            Selection::Sticky(StickyKey::Header(h)) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Selector::StickyHeader(name, Rendezvous::new(&names, weights)),
+                Err(_) => Selector::Random,
+            },
+            Selection::Sticky(StickyKey::Cookie(c)) => {
+                Selector::StickyCookie(c.clone(), Rendezvous::new(&names, weights))
+            }
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(http::header::COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (k == name.as_bytes()).then_some(&v[1..])
+        })
+    })
+}
+
 /// `host:port` -> `host`; `[v6]:port` -> `[v6]`.
 #[inline]
 pub fn strip_port(host: &str) -> &str {
@@ -387,12 +432,35 @@ impl HttpMatch {
 // === impl Split ===
 
 impl Split {
-    /// The backend for one request: a weighted draw, or the fallback when every weight is 0.
+    /// The backend for one request, by the split's selection policy, or the fallback when
+    /// every weight is 0. With a sticky cookie missing from the request, also the
+    /// `set-cookie` value that keeps the client on the backend it got.
     #[inline]
-    pub fn pick(&self) -> Option<&Arc<Backend>> {
-        match self.picker.pick() {
-            Some(i) => Some(&self.backends[i]),
-            None => self.fallback.as_ref(),
+    pub fn pick(&self, headers: &HeaderMap) -> (Option<&Arc<Backend>>, Option<HeaderValue>) {
+        let mut cookie = None;
+        let index = match &self.selector {
+            Selector::Random => self.picker.pick(),
+            Selector::Deterministic(schedule) => Some(schedule.pick()),
+            Selector::StickyHeader(name, hash) => match headers.get(name) {
+                Some(key) => hash.pick(key.as_bytes()),
+                None => self.picker.pick(),
+            },
+            Selector::StickyCookie(name, hash) => match cookie_value(headers, name) {
+                Some(key) => hash.pick(key),
+                None => {
+                    // a fresh random key: rendezvous on a random key is a weighted random pick
+                    let key = format!("{:016x}", with_rng(rand::Rng::random::<u64>));
+                    let index = hash.pick(key.as_bytes());
+                    if index.is_some() {
+                        cookie = HeaderValue::try_from(format!("{name}={key}; Path=/")).ok();
+                    }
+                    index
+                }
+            },
+        };
+        match index {
+            Some(i) => (Some(&self.backends[i]), cookie),
+            None => (self.fallback.as_ref(), None),
         }
     }
 

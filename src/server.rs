@@ -38,6 +38,7 @@ pub async fn serve(
                     let _ = tcp.set_nodelay(true);
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
+                        let _open = ConnectionCount::new(&shared.metrics.active_connections);
                         let tls = shared.tls.load_full();
                         match tls {
                             Some(acceptor) => {
@@ -85,6 +86,22 @@ pub async fn serve(
 }
 
 /// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2.
+/// Counts a downstream connection in `active_connections` for as long as it lives.
+struct ConnectionCount<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> ConnectionCount<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        ConnectionCount(gauge)
+    }
+}
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn serve_http<I>(
     io: I,
     h2: bool,
