@@ -29,6 +29,7 @@ pub mod access;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod h1guard;
 pub mod identity;

@@ -19,8 +19,9 @@ struct Cli {
     #[arg(long, global = true, env = "SPLITPROXY_LOG_FORMAT", value_parser = ["human", "json"])]
     log_format: Option<String>,
     /// Log filter, e.g. info, debug, splitproxy=debug (RUST_LOG syntax).
-    #[arg(long, global = true, env = "SPLITPROXY_LOG", default_value = "info")]
-    log: String,
+    /// (default: info; warn for `demo`, whose output is its table)
+    #[arg(long, global = true, env = "SPLITPROXY_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +39,12 @@ enum Command {
     /// Development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Zero-config showcase: certificates, two backends, the proxy at 90/10 over mTLS,
+    /// traffic, a live weight change, and the accuracy table.
+    Demo,
+    /// Drive load at a running proxy and compare the observed split with the expected one
+    /// (exit 1 when `--expect` is rejected at `--alpha`).
+    Measure(splitproxy::measure::MeasureArgs),
 }
 
 #[derive(Args)]
@@ -72,7 +79,15 @@ enum CertsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format.as_deref(), &cli.log);
+    let default_log = if matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info,notify=warn"
+    };
+    init_logging(
+        cli.log_format.as_deref(),
+        cli.log.as_deref().unwrap_or(default_log),
+    );
     match cli.command {
         Command::Run(args) => run(args),
         Command::Validate { config } => validate(config),
@@ -82,6 +97,8 @@ fn main() -> ExitCode {
             clients,
             force,
         }) => certs_init(&dir, &sans, &clients, force),
+        Command::Demo => demo(),
+        Command::Measure(args) => measure(args),
     }
 }
 
@@ -216,6 +233,50 @@ fn validate(path: PathBuf) -> ExitCode {
     println!("configuration OK: {}", path.display());
     print!("{}", table.describe());
     ExitCode::SUCCESS
+}
+
+fn demo() -> ExitCode {
+    let rt = match runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(splitproxy::demo::run(std::io::stderr().is_terminal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit codes: 0 the split is as expected (or nothing was expected), 1 `--expect` rejected,
+/// 2 nothing could be measured.
+fn measure(args: splitproxy::measure::MeasureArgs) -> ExitCode {
+    let rt = match runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let progress = !args.json && std::io::stderr().is_terminal();
+    match rt.block_on(splitproxy::measure::run(&args, progress)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn certs_init(dir: &std::path::Path, sans: &[String], clients: &[String], force: bool) -> ExitCode {
