@@ -41,8 +41,9 @@ fn spawn(dir: &std::path::Path, yaml: &str) -> (Child, SocketAddr, SocketAddr) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
+    // the shell's builtin kill: present wherever sh is, unlike /usr/bin/kill
+    let ok = Command::new("sh")
+        .args(["-c", &format!("kill -{sig} {}", child.id())])
         .status()
         .unwrap()
         .success();

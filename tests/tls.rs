@@ -765,3 +765,37 @@ async fn certificate_rotation_under_8_concurrent_clients_fails_no_request() {
     );
     assert!(done.load(std::sync::atomic::Ordering::SeqCst) > 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_init_output_is_served_by_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitproxy"))
+        .args(["certs", "init", "--dir", &d])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v1 = Backend::spawn("v1").await;
+    let tls = "tls:\n  cert: server.pem\n  key: server-key.pem\n  clientCA: ca.pem\n  clientAuth: require";
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &path,
+        proxy_doc(&[("web-v1", v1.addr)], tls) + &split_doc("s", "web", &[("web-v1", 1)]),
+    )
+    .unwrap();
+    let proxy = Proxy::start_at(tempfile::tempdir().unwrap(), path).await;
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let client = Issued {
+        cert_pem: read("client.pem"),
+        key_pem: read("client-key.pem"),
+        der: Vec::new(),
+    };
+    let a = tls_get(proxy.addr, &read("ca.pem"), Some(&client), false, &[])
+        .await
+        .expect("certs init client accepted");
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(v1.last_headers()["x-forwarded-client-cert"]
+        .to_str()
+        .unwrap()
+        .contains("URI=spiffe://cluster.local/ns/default/sa/client"));
+}
