@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{self, ConfigError};
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 use crate::upstream::Upstream;
@@ -65,21 +65,9 @@ impl Server {
     /// Load the configuration at `path`, bind, and start serving. Configuration errors are
     /// returned, not logged.
     pub async fn start(path: PathBuf) -> Result<Server, StartError> {
-        let cfg = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || config::load(&path))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(vec![ConfigError {
-                        file: PathBuf::new(),
-                        document: None,
-                        object: None,
-                        field: None,
-                        reason: format!("loader panicked: {e}"),
-                    }])
-                })
-        }
-        .map_err(StartError::Config)?;
+        let cfg = reload::load_config(path.clone())
+            .await
+            .map_err(StartError::Config)?;
         let acceptor = match &cfg.proxy.tls {
             Some(t) => Some(Arc::new(
                 tls::Acceptor::new(t).map_err(|e| StartError::Tls(e.to_string()))?,

@@ -134,13 +134,9 @@ fn parent(path: &Path) -> PathBuf {
     }
 }
 
-/// Load the configuration and, when it is valid and changed, make it live.
-pub async fn apply(
-    shared: &'static Shared,
-    trigger: &'static str,
-) -> Result<Outcome, Vec<ConfigError>> {
-    let path = shared.config_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+/// `config::load` on the blocking pool: file reads stay off the async workers.
+pub async fn load_config(path: PathBuf) -> Result<config::Config, Vec<ConfigError>> {
+    tokio::task::spawn_blocking(move || config::load(&path))
         .await
         .unwrap_or_else(|e| {
             Err(vec![ConfigError {
@@ -150,7 +146,15 @@ pub async fn apply(
                 field: None,
                 reason: format!("loader panicked: {e}"),
             }])
-        });
+        })
+}
+
+/// Load the configuration and, when it is valid and changed, make it live.
+pub async fn apply(
+    shared: &'static Shared,
+    trigger: &'static str,
+) -> Result<Outcome, Vec<ConfigError>> {
+    let loaded = load_config(shared.config_path.clone()).await;
     let cfg = match loaded {
         Ok(cfg) => cfg,
         Err(errors) => {
