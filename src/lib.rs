@@ -20,8 +20,11 @@
 //! ```
 //!
 //! Modules: `config` (documents and validation), `routing` (the immutable table),
-//! `split` (weighted choice), `proxy`, `upstream`, `server`, `tls`, `identity`,
-//! `reload`, `admin`, `metrics`, `app` (wiring and shutdown), `pki` (development certs).
+//! `split` (weighted random, deterministic schedule, rendezvous hashing), `access`
+//! (TrafficTarget policy), `proxy`, `upstream` (pooled plain and TLS clients), `server`,
+//! `h1guard` (HTTP/1.1 head and idle timeouts), `tls`, `identity`, `reload`, `admin`,
+//! `metrics`, `app` (wiring and shutdown), `pki` (development certificates), `measure`
+//! (load and split verdict), `stats` (chi-square), `demo`.
 
 #![forbid(unsafe_code)]
 
