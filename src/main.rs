@@ -127,7 +127,9 @@ fn init_logging(format: Option<&str>, filter: &str) {
 /// between the downstream and upstream connection tasks need no cross-thread machinery.
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     if workers == Some(1) {
-        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers.filter(|n| *n > 0) {
