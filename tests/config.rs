@@ -314,3 +314,34 @@ fn every_command_has_help() {
         assert!(stdout.contains("Usage"), "{args:?}: {stdout}");
     }
 }
+
+#[test]
+fn the_design_documents_example_loads_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("design-example.yaml"),
+        dir.path().join("gateway.yaml"),
+    )
+    .unwrap();
+    // the example names certs/ relative to its own folder
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    for f in ["server.pem", "server-key.pem", "ca.pem"] {
+        std::fs::write(dir.path().join("certs").join(f), "placeholder").unwrap();
+    }
+    let cfg = config::load(dir.path()).unwrap_or_else(|e| panic!("{e:#?}"));
+    let p = &cfg.proxy;
+    assert_eq!(p.listen, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(p.admin, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(
+        p.tls.as_ref().unwrap().client_auth,
+        config::ClientAuth::Require
+    );
+    assert_eq!(p.access, config::AccessMode::Permissive);
+    assert_eq!(p.timeouts, config::Timeouts::default());
+    assert_eq!(p.shutdown, config::ShutdownSettings::default());
+    assert!(!p.expose_backend);
+    assert_eq!(
+        weights(&cfg, "my-trafficsplit"),
+        w(&[("my-website-v1", 90), ("my-website-v2", 10)])
+    );
+}
