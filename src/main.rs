@@ -106,12 +106,8 @@ fn init_logging(format: Option<&str>, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
-        Some(f) => f == "json",
-        None => {
-            !std::io::stderr().is_terminal() && std::env::var_os("SPLITPROXY_LOG_JSON").is_some()
-        }
-    };
+    // human-readable unless JSON is asked for (--log-format json / SPLITPROXY_LOG_FORMAT)
+    let json = format == Some("json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
