@@ -120,18 +120,37 @@ impl<I> H1Guard<I> {
         }
     }
 
-    fn on_write(&mut self, first: &[u8]) {
+    /// Returns true when the write starts a response: the idle clock starts then.
+    fn on_write(&mut self, first: &[u8]) -> bool {
         match self.phase {
-            Phase::Passthrough => {}
+            Phase::Passthrough => false,
             _ if first.starts_with(b"HTTP/1.1 101") || first.starts_with(b"HTTP/1.0 101") => {
-                self.phase = Phase::Passthrough
+                self.phase = Phase::Passthrough;
+                false
             }
-            Phase::Idle => self.wrote = true,
+            Phase::Idle => {
+                self.wrote = true;
+                false
+            }
             _ => {
                 self.phase = Phase::Idle;
                 self.since = Instant::now();
                 self.wrote = false;
+                true
             }
+        }
+    }
+
+    /// Make sure the timer will wake this connection's task by the current deadline.
+    /// hyper may have polled for the next request head before it wrote the response, so
+    /// the idle clock must be armed from the write side too.
+    fn arm(&mut self, cx: &mut Context<'_>) {
+        if let Some(deadline) = self.deadline() {
+            if self.timer.deadline() > deadline || self.timer.is_elapsed() {
+                self.timer.as_mut().reset(deadline);
+            }
+            // registers the waker; the expiry itself is handled in poll_read
+            let _ = self.timer.as_mut().poll(cx);
         }
     }
 }
@@ -296,7 +315,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H1Guard<I> {
                 Poll::Pending => Poll::Pending,
             };
         }
-        this.on_write(buf);
+        if this.on_write(buf) {
+            this.arm(cx);
+        }
         Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
@@ -315,7 +336,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H1Guard<I> {
             && !(matches!(this.phase, Phase::Fresh | Phase::Head | Phase::Busy)
                 && is_hyper_error(first))
         {
-            this.on_write(first);
+            if this.on_write(first) {
+                this.arm(cx);
+            }
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         // rare: an error response during a head; fall back to the single-buffer path
