@@ -62,9 +62,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Load the configuration at `path`, bind, and start serving. Configuration errors are
-    /// returned, not logged.
+    /// Load the configuration at `path`, bind, and start serving on the calling runtime.
+    /// Configuration errors are returned, not logged.
     pub async fn start(path: PathBuf) -> Result<Server, StartError> {
+        Self::start_with(path, 1).await
+    }
+
+    /// As `start`, with `workers` accept loops. More than one: each worker is a thread with
+    /// its own current-thread Tokio runtime and its own `SO_REUSEPORT` listener on the
+    /// proxy address, so the kernel spreads connections and a connection's requests never
+    /// leave its thread. Admin, reload and shutdown stay on the calling runtime.
+    pub async fn start_with(path: PathBuf, workers: usize) -> Result<Server, StartError> {
         let cfg = reload::load_config(path.clone())
             .await
             .map_err(StartError::Config)?;
@@ -74,13 +82,19 @@ impl Server {
             )),
             None => None,
         };
-        let listener = TcpListener::bind(cfg.proxy.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "proxy",
-                addr: cfg.proxy.listen,
-                source,
-            })?;
+        let listen = cfg.proxy.listen;
+        let bind_err = move |source| StartError::Bind {
+            what: "proxy",
+            addr: listen,
+            source,
+        };
+        let mut listeners =
+            vec![reuseport_listener(cfg.proxy.listen, workers > 1).map_err(bind_err)?];
+        let bound = listeners[0].local_addr().map_err(bind_err)?;
+        for _ in 1..workers {
+            // the others on the port the first one got (it may have asked for port 0)
+            listeners.push(reuseport_listener(bound, true).map_err(bind_err)?);
+        }
         let admin_listener =
             TcpListener::bind(cfg.proxy.admin)
                 .await
@@ -89,11 +103,7 @@ impl Server {
                     addr: cfg.proxy.admin,
                     source,
                 })?;
-        let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            what: "proxy",
-            addr: cfg.proxy.listen,
-            source,
-        })?;
+        let proxy_addr = bound;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -138,7 +148,27 @@ impl Server {
         let (stop_accepting, accepting_rx) = watch::channel(false);
         tokio::spawn(admin::serve(admin_listener, shared));
         tokio::spawn(reload::ConfigWatch::new(shared).run());
-        let serving = tokio::spawn(server::serve(listener, shared, accepting_rx));
+        let mut serving = Vec::with_capacity(listeners.len());
+        if let [one] = listeners.as_mut_slice() {
+            let listener =
+                TcpListener::from_std(one.try_clone().map_err(bind_err)?).map_err(bind_err)?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                server::serve(listener, shared, accepting_rx).await;
+                let _ = tx.send(());
+            });
+            serving.push(rx);
+        } else {
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let accepting = accepting_rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("splitproxy-worker-{i}"))
+                    .spawn(move || run_worker(listener, shared, accepting, tx))
+                    .map_err(bind_err)?;
+                serving.push(rx);
+            }
+        }
         let done = tokio::spawn(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
             // /readyz fails at once; the listener keeps accepting for `shutdown.delay`
@@ -152,7 +182,9 @@ impl Server {
                 tokio::time::sleep(delay).await;
             }
             let _ = stop_accepting.send(true);
-            let _ = serving.await;
+            for worker in serving {
+                let _ = worker.await;
+            }
         });
         Ok(Server {
             proxy_addr,
@@ -177,4 +209,48 @@ impl Server {
     pub async fn wait(self) {
         let _ = self.done.await;
     }
+}
+
+/// The proxy listen socket. `reuse_port`: several sockets share the address, one per
+/// worker (SO_REUSEPORT).
+fn reuseport_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One worker thread: a current-thread runtime serving one listener until shutdown.
+fn run_worker(
+    listener: std::net::TcpListener,
+    shared: &'static Shared,
+    accepting: watch::Receiver<bool>,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("worker runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => server::serve(listener, shared, accepting).await,
+            Err(e) => tracing::error!("worker listener: {e}"),
+        }
+    });
+    let _ = done.send(());
 }

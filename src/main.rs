@@ -119,8 +119,8 @@ fn init_logging(format: Option<&str>, filter: &str) {
     }
 }
 
-/// The Tokio runtime: one worker asks for the current-thread scheduler, whose wake-ups
-/// between the downstream and upstream connection tasks need no cross-thread machinery.
+/// A Tokio runtime: `Some(1)` is the current-thread scheduler, whose wake-ups between the
+/// downstream and upstream connection tasks need no cross-thread machinery.
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     if workers == Some(1) {
         return tokio::runtime::Builder::new_current_thread()
@@ -135,7 +135,13 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let rt = match runtime(args.workers) {
+    let workers = args
+        .workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // the calling thread's runtime serves admin, reload and signals, and with one worker
+    // the proxy listener too; more workers get threads of their own (Server::start_with)
+    let rt = match runtime(Some(1)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -143,7 +149,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let server = match Server::start(args.config).await {
+        let server = match Server::start_with(args.config, workers).await {
             Ok(s) => s,
             Err(StartError::Config(errors)) => {
                 print_errors(&errors);

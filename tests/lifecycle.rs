@@ -14,10 +14,20 @@ use support::*;
 /// Start `splitproxy run` on `yaml`; returns the child and the proxy and admin addresses
 /// read from its start-up log line.
 fn spawn(dir: &std::path::Path, yaml: &str) -> (Child, SocketAddr, SocketAddr) {
+    spawn_with(dir, yaml, "1")
+}
+
+fn spawn_with(dir: &std::path::Path, yaml: &str, workers: &str) -> (Child, SocketAddr, SocketAddr) {
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_splitproxy"))
-        .args(["run", "--config", path.to_str().unwrap(), "--workers", "1"])
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--workers",
+            workers,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -148,4 +158,67 @@ async fn sighup_reloads_and_bad_config_at_start_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must not be negative, got -1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_port_serve_and_drain() {
+    let (v1, v2) = (Backend::spawn("v1").await, Backend::spawn("v2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = proxy_doc(&[("web-v1", v1.addr), ("web-v2", v2.addr)], "")
+        + &split_doc("s", "web", &[("web-v1", 1), ("web-v2", 1)]);
+    let (mut child, addr, admin) = spawn_with(dir.path(), &yaml, "3");
+    // many fresh connections: the kernel spreads them over the workers' listeners
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let c = client();
+                assert_eq!(
+                    get(&c, &format!("http://{addr}/"), "web").await.status,
+                    StatusCode::OK
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(v1.hits() + v2.hits(), 200);
+    // a reload reaches every worker: all traffic to v2 now
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        yaml.replace(
+            "weight: 1\n  - service: web-v2",
+            "weight: 0\n  - service: web-v2",
+        ),
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let version = || async {
+        let body = get(&client(), &format!("http://{admin}/routes"), "x")
+            .await
+            .body;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"]
+            .as_u64()
+            .unwrap()
+    };
+    while version().await < 2 {
+        assert!(Instant::now() < deadline, "reload not applied");
+    }
+    let before = v1.hits();
+    for _ in 0..40 {
+        assert_eq!(
+            get(&client(), &format!("http://{addr}/"), "web")
+                .await
+                .backend(),
+            "v2"
+        );
+    }
+    assert_eq!(v1.hits(), before);
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
