@@ -149,9 +149,9 @@ impl Server {
         tokio::spawn(admin::serve(admin_listener, shared));
         tokio::spawn(reload::ConfigWatch::new(shared).run());
         let mut serving = Vec::with_capacity(listeners.len());
-        if let [one] = listeners.as_mut_slice() {
-            let listener =
-                TcpListener::from_std(one.try_clone().map_err(bind_err)?).map_err(bind_err)?;
+        if listeners.len() == 1 {
+            let one = listeners.pop().expect("one listener, checked above");
+            let listener = TcpListener::from_std(one).map_err(bind_err)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::spawn(async move {
                 server::serve(listener, shared, accepting_rx).await;

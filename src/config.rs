@@ -829,7 +829,6 @@ impl Loader {
                 },
             );
         }
-        let _ = doc.metadata;
         if self.errors.len() != before {
             return None;
         }

@@ -139,6 +139,13 @@ impl BackendCounters {
         self.by_class[class].inc();
     }
 
+    /// One answered request: its status class and its duration since `started`.
+    #[inline]
+    pub fn record(&self, status: http::StatusCode, started: std::time::Instant) {
+        self.observe(status);
+        self.observe_duration(started.elapsed().as_secs_f64());
+    }
+
     pub fn total(&self) -> u64 {
         self.by_class.iter().map(Counter::get).sum()
     }

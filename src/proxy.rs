@@ -135,7 +135,7 @@ async fn forward(
     };
     let started = Instant::now();
     let Some(endpoint) = endpoint else {
-        backend.counters.observe(StatusCode::BAD_GATEWAY);
+        backend.counters.record(StatusCode::BAD_GATEWAY, started);
         return Err(ProxyError::NoEndpoint(backend.service.clone()));
     };
 
@@ -153,27 +153,26 @@ async fn forward(
     let mut resp = match result {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
-            let reason = error_chain(&e);
+            let (service, endpoint, reason) = (
+                backend.service.clone(),
+                endpoint.to_string(),
+                error_chain(&e),
+            );
             let err = if e.is_connect() {
+                backend.counters.connect_failures.inc();
                 ProxyError::Connect {
-                    service: backend.service.clone(),
-                    endpoint: endpoint.to_string(),
+                    service,
+                    endpoint,
                     reason,
                 }
             } else {
                 ProxyError::Upstream {
-                    service: backend.service.clone(),
-                    endpoint: endpoint.to_string(),
+                    service,
+                    endpoint,
                     reason,
                 }
             };
-            if e.is_connect() {
-                backend.counters.connect_failures.inc();
-            }
-            backend.counters.observe(err.status());
-            backend
-                .counters
-                .observe_duration(started.elapsed().as_secs_f64());
+            backend.counters.record(err.status(), started);
             return Err(err);
         }
         Err(_) => {
@@ -183,17 +182,11 @@ async fn forward(
                 after: upstream_timeout,
             };
             backend.counters.timeouts.inc();
-            backend.counters.observe(err.status());
-            backend
-                .counters
-                .observe_duration(started.elapsed().as_secs_f64());
+            backend.counters.record(err.status(), started);
             return Err(err);
         }
     };
-    backend.counters.observe(resp.status());
-    backend
-        .counters
-        .observe_duration(started.elapsed().as_secs_f64());
+    backend.counters.record(resp.status(), started);
     if let Some(cookie) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }

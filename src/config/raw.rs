@@ -26,6 +26,8 @@ pub struct ProxyDoc {
     pub api_version: String,
     #[allow(dead_code)]
     pub kind: String,
+    /// Accepted for the Kubernetes shape; the object name is read from the raw document.
+    #[allow(dead_code)]
     #[serde(default)]
     pub metadata: Metadata,
     pub spec: ProxySpec,
