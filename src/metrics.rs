@@ -4,7 +4,9 @@
 //! the table, so they survive reloads and never go backwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
@@ -114,6 +116,8 @@ pub struct Metrics {
     handshake_failures: Family<ReasonLabels, Counter>,
     pub config_version: Gauge,
     pub last_reload_seconds: Gauge<f64, AtomicU64>,
+    /// split -> backend -> handles; series are never removed, so neither are these.
+    handles: Mutex<FxHashMap<Box<str>, FxHashMap<Box<str>, BackendCounters>>>,
 }
 
 /// One backend's series: requests by status class, duration, connect failures and
@@ -231,11 +235,27 @@ impl Metrics {
             handshake_failures,
             config_version,
             last_reload_seconds,
+            handles: Mutex::default(),
         }
     }
 
     /// Handles for one backend of one split; creates its series at 0 if they are new.
+    /// Cached by name: a reload of 1 000 splits fetches each backend's handles with one
+    /// map lookup instead of eight label-set hashes and allocations.
     pub fn backend(&self, split: &str, backend: &str) -> BackendCounters {
+        let mut cache = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(split).and_then(|b| b.get(backend)) {
+            return c.clone();
+        }
+        let counters = self.create_backend(split, backend);
+        cache
+            .entry(split.into())
+            .or_default()
+            .insert(backend.into(), counters.clone());
+        counters
+    }
+
+    fn create_backend(&self, split: &str, backend: &str) -> BackendCounters {
         let by_class = CLASSES.map(|code| {
             self.requests
                 .get_or_create(&BackendLabels {

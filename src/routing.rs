@@ -139,9 +139,9 @@ impl RoutingTable {
         tls_clients: &HashMap<String, Arc<TlsClient>>,
     ) -> RoutingTable {
         let proxy = &config.proxy;
-        let backend_of = |split: &crate::config::TrafficSplit, service: &str, weight: u64| {
+        let backend_of = |split: &str, service: &str, weight: u64| {
             let endpoints = &proxy.services[service].endpoints;
-            let counters = metrics.backend(&format!("{}/{}", split.namespace, split.name), service);
+            let counters = metrics.backend(split, service);
             let baseline = counters.total();
             Arc::new(Backend {
                 service: service.to_string(),
@@ -154,14 +154,17 @@ impl RoutingTable {
             })
         };
         let mut splits = Vec::with_capacity(config.splits.len());
+        let mut label = String::new();
         for s in &config.splits {
+            label.clear();
+            let _ = write!(label, "{}/{}", s.namespace, s.name);
             let backends: Box<[Arc<Backend>]> = s
                 .backends
                 .iter()
-                .map(|b| backend_of(s, &b.service, b.weight))
+                .map(|b| backend_of(&label, &b.service, b.weight))
                 .collect();
             let weights: Vec<u64> = s.backends.iter().map(|b| b.weight).collect();
-            let fallback = s.fallback.as_deref().map(|root| backend_of(s, root, 0));
+            let fallback = s.fallback.as_deref().map(|root| backend_of(&label, root, 0));
             let matches = s
                 .matches
                 .iter()
@@ -189,7 +192,9 @@ impl RoutingTable {
             }));
         }
         // group by host: conditional splits first (document order), then the catch-all
-        let mut hosts: FxHashMap<Box<str>, usize> = FxHashMap::default();
+        let forms = splits.iter().map(|s| s.hosts.len()).sum();
+        let mut hosts: FxHashMap<Box<str>, usize> =
+            FxHashMap::with_capacity_and_hasher(forms, Default::default());
         let mut grouped: Vec<Vec<Arc<Split>>> = Vec::new();
         let ordered = splits
             .iter()
@@ -553,27 +558,36 @@ impl Endpoints {
 /// values) are interned as `'static`: cloning one is then a pointer copy instead of an
 /// atomic reference count that every core would write. The set only grows with distinct
 /// names ever configured, so it stays small.
-fn intern(s: String) -> &'static str {
+fn intern(s: &str) -> &'static str {
     static TABLE: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let mut table = TABLE
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(existing) = table.get(s.as_str()) {
+    if let Some(existing) = table.get(s) {
         return existing;
     }
-    let leaked: &'static str = Box::leak(s.into_boxed_str());
+    let leaked: &'static str = Box::leak(s.into());
     table.insert(leaked);
     leaked
 }
 
+/// Interned by address too: formatting an address is most of a large reload's cost.
 fn authority(addr: SocketAddr) -> Authority {
-    Authority::from_static(intern(addr.to_string()))
+    static SEEN: OnceLock<Mutex<FxHashMap<SocketAddr, &'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let s = *seen
+        .entry(addr)
+        .or_insert_with(|| intern(&addr.to_string()));
+    Authority::from_static(s)
 }
 
 fn header_value(service: &str) -> HeaderValue {
     match HeaderValue::from_str(service) {
-        Ok(_) => HeaderValue::from_static(intern(service.to_string())),
+        Ok(_) => HeaderValue::from_static(intern(service)),
         Err(_) => HeaderValue::from_static("invalid-name"),
     }
 }
