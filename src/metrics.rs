@@ -117,8 +117,10 @@ pub struct Metrics {
     pub config_version: Gauge,
     pub last_reload_seconds: Gauge<f64, AtomicU64>,
     /// split -> backend -> handles; series are never removed, so neither are these.
-    handles: Mutex<FxHashMap<Box<str>, FxHashMap<Box<str>, BackendCounters>>>,
+    handles: Mutex<FxHashMap<Box<str>, ByBackend>>,
 }
+
+type ByBackend = FxHashMap<Box<str>, BackendCounters>;
 
 /// One backend's series: requests by status class, duration, connect failures and
 /// timeouts. Handles to atomics; cloning one is cheap and made once per table build.
