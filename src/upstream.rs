@@ -1,20 +1,32 @@
-//! The pooled client to backends: hyper-util's keep-alive pool over TCP with TCP_NODELAY.
-//! The connect timeout can change on reload without dropping the pool.
+//! Clients to backends. Plain HTTP/1.1 upstreams use `Pool`: keep-alive connections kept
+//! per thread (one per worker: every worker runs a current-thread runtime), so a request
+//! takes an idle connection with no lock, no shared cache line and no task spawned to
+//! watch for its return. HTTPS upstreams use hyper-util's pooled client (hyper-rustls).
+//! The connect timeout can change on reload without dropping either pool.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::client::conn::http1::SendRequest;
+use rustc_hash::FxHashMap;
 
 use http::Uri;
 use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -27,7 +39,6 @@ use crate::config::UpstreamTls;
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
 pub struct Upstream {
-    client: Client<TimeoutConnector, Incoming>,
     connect_timeout_ms: Arc<AtomicU64>,
     /// One pooled client per distinct upstream TLS setting (and file contents), kept
     /// across reloads so that pools survive them. Touched only when a table is built.
@@ -42,22 +53,8 @@ pub type TlsClient = Client<HttpsConnector<TimeoutConnector>, Incoming>;
 
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let connect_timeout_ms = Arc::new(AtomicU64::new(connect_timeout.as_millis() as u64));
-        let connector = TimeoutConnector {
-            inner: http,
-            timeout_ms: connect_timeout_ms.clone(),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
         Upstream {
-            client,
-            connect_timeout_ms,
+            connect_timeout_ms: Arc::new(AtomicU64::new(connect_timeout.as_millis() as u64)),
             tls: Mutex::new(HashMap::new()),
         }
     }
@@ -142,11 +139,6 @@ impl Upstream {
         self.connect_timeout_ms
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
-
-    #[inline]
-    pub fn request(&self, req: http::Request<Incoming>) -> ResponseFuture {
-        self.client.request(req)
-    }
 }
 
 /// `HttpConnector` with a connect timeout read at each new connection.
@@ -181,5 +173,193 @@ impl tower_service::Service<Uri> for TimeoutConnector {
                 .into()),
             }
         })
+    }
+}
+
+// === Pool: plain HTTP/1.1, per thread ===
+
+thread_local! {
+    /// Idle connections by endpoint (`ip:port`), most recently used last.
+    static IDLE: RefCell<FxHashMap<Box<str>, Vec<Idle>>> = RefCell::new(FxHashMap::default());
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Why an upstream request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("tcp connect error: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connect timed out after {}", humantime::format_duration(*.0))]
+    ConnectTimeout(Duration),
+    #[error("invalid endpoint {0:?}")]
+    Endpoint(String),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The upstream could not be reached (as opposed to failing mid-request).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Endpoint(_) => true,
+            SendError::Http(_) => false,
+            SendError::Client(e) => e.is_connect(),
+        }
+    }
+}
+
+impl Upstream {
+    /// Send `req` (origin-form URI, `Host` set) to `endpoint` over plain HTTP/1.1 on an
+    /// idle pooled connection, or a new one. A request that a reused connection closed
+    /// before it was written goes out again on a new connection, as hyper-util's client does.
+    pub async fn send(
+        &self,
+        endpoint: &Authority,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let key = endpoint.as_str();
+        while let Some(mut sender) = take_idle(key) {
+            if !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(pooled(resp, sender, endpoint)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect(key).await?;
+        let resp = sender.send_request(req).await?;
+        Ok(pooled(resp, sender, endpoint))
+    }
+
+    async fn connect(&self, key: &str) -> Result<SendRequest<Incoming>, SendError> {
+        let addr: SocketAddr = key.parse().map_err(|_| SendError::Endpoint(key.into()))?;
+        let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Err(_) => return Err(SendError::ConnectTimeout(timeout)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The most recently used idle connection to `key`; closed ones are dropped. It may not
+/// be ready yet: its task can still be finishing the last response (on another thread,
+/// under a multi-thread runtime), which takes microseconds.
+fn take_idle(key: &str) -> Option<SendRequest<Incoming>> {
+    IDLE.with_borrow_mut(|idle| {
+        let list = idle.get_mut(key)?;
+        while let Some(i) = list.pop() {
+            if !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    })
+}
+
+/// Put a connection back after its response ended; connections idle longer than
+/// `POOL_IDLE` are closed here, when the endpoint's traffic returns them.
+fn put_idle(key: &str, sender: SendRequest<Incoming>) {
+    if sender.is_closed() {
+        return;
+    }
+    let now = Instant::now();
+    IDLE.with_borrow_mut(|idle| {
+        let list = match idle.get_mut(key) {
+            Some(list) => list,
+            None => idle.entry(key.into()).or_default(),
+        };
+        // most recently used last, so the longest idle are first
+        let expired = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= POOL_IDLE)
+            .count();
+        list.drain(..expired);
+        list.push(Idle { sender, since: now });
+    });
+}
+
+fn pooled(
+    resp: Response<Incoming>,
+    sender: SendRequest<Incoming>,
+    endpoint: &Authority,
+) -> Response<UpstreamBody> {
+    // a 101 hands the connection to the tunnel; it never comes back
+    let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| (endpoint.clone(), sender));
+    resp.map(|inner| UpstreamBody { inner, back })
+}
+
+/// A backend's response body. When it ends, the connection it came on goes back to the
+/// pool; dropped before its end, the connection closes (HTTP/1.1 cannot skip the rest).
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// Routing-table authorities are `'static`: cloning one copies a pointer.
+    back: Option<(Authority, SendRequest<Incoming>)>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming) -> Self {
+        UpstreamBody { inner, back: None }
+    }
+
+    fn give_back(&mut self) {
+        if let Some((endpoint, sender)) = self.back.take() {
+            put_idle(endpoint.as_str(), sender);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
     }
 }

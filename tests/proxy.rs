@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use splitproxy::stats::chi_square;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -558,4 +559,77 @@ async fn malformed_and_oversized_requests_get_the_proxys_own_answers() {
         get(&client(), &proxy.url("/"), "web").await.status,
         StatusCode::OK
     );
+}
+
+/// Upstream keep-alive, with 2 workers as the binary runs them (one pool each):
+/// sequential requests share one pooled connection; concurrent ones use at most one each;
+/// a connection the backend closes is not reused, and the request after it still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_and_closed_ones_never_reused() {
+    let v1 = Backend::spawn("v1").await;
+    let yaml = proxy_doc(&[("web-v1", v1.addr)], "") + &split_doc("s", "web", &[("web-v1", 1)]);
+    let proxy = Proxy::start_workers(&yaml, 2).await;
+    // one client connection for certain (a pooling client may open a second one)
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut one, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..200 {
+        assert_eq!(get_on(&mut one, "/").await, StatusCode::OK);
+    }
+    // one client connection -> one worker -> one upstream connection
+    let sequential = v1.conns.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        sequential, 1,
+        "200 sequential requests opened {sequential} upstream connections"
+    );
+
+    // the backend closes after each /close answer: every next request still succeeds
+    let before = v1.conns.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(get_on(&mut one, "/close").await, StatusCode::OK);
+        assert_eq!(get_on(&mut one, "/").await, StatusCode::OK);
+    }
+    let opened = v1.conns.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert_eq!(
+        opened, 20,
+        "20 closed connections were replaced by {opened} new ones"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, url) = (client(), proxy.url("/"));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let a = get(&c, &url, "web").await;
+                assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let concurrent = v1.conns.load(std::sync::atomic::Ordering::SeqCst) - sequential - opened;
+    assert!(
+        concurrent <= 8,
+        "8 clients x 50 requests opened {concurrent} more upstream connections"
+    );
+
+    assert_eq!(v1.hits(), 200 + 400 + 40);
+}
+
+/// GET `path` (Host `web`) on one given client connection; the status, body read.
+async fn get_on(
+    one: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+    path: &str,
+) -> StatusCode {
+    one.ready().await.expect("client connection open");
+    let req = Request::get(path)
+        .header("host", "web")
+        .body(empty())
+        .unwrap();
+    let resp = one.send_request(req).await.expect("response");
+    let status = resp.status();
+    resp.into_body().collect().await.expect("body");
+    status
 }

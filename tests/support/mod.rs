@@ -26,11 +26,14 @@ pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 /// A backend that answers with its name in the body and in `x-backend`, counts requests
 /// and remembers the last request's headers. Special paths: `/hang` never answers,
 /// `/upload` reads the whole body and answers `bytes=N sum=S`, `/download/N` streams N
-/// bytes, `/slow/MS` answers after MS milliseconds, `/ws` accepts an upgrade and echoes bytes.
+/// bytes, `/slow/MS` answers after MS milliseconds, `/ws` accepts an upgrade and echoes bytes,
+/// `/close` answers and closes the connection.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicU64>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
 }
 
@@ -42,12 +45,19 @@ impl Backend {
         let addr = listener.local_addr().expect("backend addr");
         let hits = Arc::new(AtomicU64::new(0));
         let last_headers = Arc::new(Mutex::new(None));
-        let (n, h, l) = (name.to_string(), hits.clone(), last_headers.clone());
+        let conns = Arc::new(AtomicU64::new(0));
+        let (n, h, l, c) = (
+            name.to_string(),
+            hits.clone(),
+            last_headers.clone(),
+            conns.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (n, h, l) = (n.clone(), h.clone(), l.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -65,6 +75,7 @@ impl Backend {
             addr,
             name: name.to_string(),
             hits,
+            conns,
             last_headers,
         }
     }
@@ -119,6 +130,12 @@ async fn backend_answer(
             }
             .boxed(),
         )
+    } else if path == "/close" {
+        // answer, then close the connection (hyper honours its own `connection: close`)
+        let mut r = Response::new(full(name.to_string()));
+        r.headers_mut()
+            .insert("connection", "close".parse().unwrap());
+        r
     } else if path == "/ws" {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -213,9 +230,22 @@ impl Proxy {
         Self::start_at(dir, path).await
     }
 
+    /// As `start`, with `workers` worker threads (each its own current-thread runtime and
+    /// upstream pool, as the binary runs them).
+    pub async fn start_workers(yaml: &str, workers: usize) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        Self::start_with(dir, path, workers).await
+    }
+
     /// Start on an existing file or folder inside `dir`.
     pub async fn start_at(dir: tempfile::TempDir, path: PathBuf) -> Proxy {
-        let server = match Server::start(path.clone()).await {
+        Self::start_with(dir, path, 1).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, path: PathBuf, workers: usize) -> Proxy {
+        let server = match Server::start_with(path.clone(), workers).await {
             Ok(s) => s,
             Err(splitproxy::StartError::Config(errors)) => {
                 panic!(
