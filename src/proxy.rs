@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -21,9 +21,10 @@ use crate::access::Principal;
 use crate::app::Shared;
 use crate::error::ProxyError;
 use crate::identity::Identity;
+use crate::upstream::UpstreamBody;
 
 /// Response body: a backend's streamed body, or a small one the proxy made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -139,15 +140,14 @@ async fn forward(
         return Err(ProxyError::NoEndpoint(backend.service.clone()));
     };
 
-    let scheme = if backend.tls.is_some() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    };
-    let downstream_upgrade = prepare_request(&mut req, conn, scheme, endpoint.clone());
-    let sent = match &backend.tls {
-        Some(client) => client.request(req),
-        None => shared.upstream.request(req),
+    // hyper-util's TLS client wants an absolute URI; the plain pool sends origin-form
+    let absolute = backend.tls.is_some().then(|| endpoint.clone());
+    let downstream_upgrade = prepare_request(&mut req, conn, absolute);
+    let sent = async {
+        match &backend.tls {
+            Some(client) => Ok(client.request(req).await?.map(UpstreamBody::new)),
+            None => shared.upstream.send(&endpoint, req).await,
+        }
     };
     let result = tokio::time::timeout(upstream_timeout, sent).await;
     let mut resp = match result {
@@ -218,14 +218,14 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
         .filter(|h| !h.is_empty())
 }
 
-/// Rewrite a downstream request for the upstream: origin URI on the chosen endpoint,
-/// hop-by-hop headers removed, forwarding headers set, client identity replaced.
-/// Returns the downstream side of an HTTP upgrade, when the request asks for one.
-fn prepare_request(
-    req: &mut Request<Incoming>,
+/// Rewrite a downstream request for the upstream: origin-form URI (absolute `https` on
+/// `tls_endpoint` when given), hop-by-hop headers removed, forwarding headers set, client
+/// identity replaced. Returns the downstream side of an HTTP upgrade, when the request
+/// asks for one.
+pub fn prepare_request<B>(
+    req: &mut Request<B>,
     conn: &ConnInfo,
-    scheme: Scheme,
-    endpoint: Authority,
+    tls_endpoint: Option<Authority>,
 ) -> Option<hyper::upgrade::OnUpgrade> {
     let upgrade = if req.version() == Version::HTTP_11 {
         upgrade_protocol(req.headers())
@@ -250,30 +250,54 @@ fn prepare_request(
         },
     };
 
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(scheme);
-    parts.authority = Some(endpoint);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    match tls_endpoint {
+        Some(endpoint) => {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(Scheme::HTTPS);
+            parts.authority = Some(endpoint);
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        }
+        // the usual HTTP/1.1 request is origin-form already: nothing to rebuild
+        None if req.uri().scheme().is_none() && req.uri().authority().is_none() => {}
+        None => {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
     }
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
+    let seen = scan(headers);
+    strip_seen(headers, seen);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    append_forwarded_for(headers, &conn.peer_ip);
+    if seen & XFF_BIT == 0 {
+        headers.insert(X_FORWARDED_FOR.clone(), conn.peer_ip.clone());
+    } else {
+        append_forwarded_for(headers, &conn.peer_ip);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
     if !host.is_empty() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     // A caller never chooses its own identity.
-    headers.remove(&X_FORWARDED_CLIENT_CERT);
-    if let Some(xfcc) = &conn.xfcc {
-        headers.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
+    match &conn.xfcc {
+        Some(xfcc) => {
+            headers.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
+        }
+        None if seen & XFCC_BIT != 0 => {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+        }
+        None => {}
     }
     on_upgrade
 }
@@ -292,35 +316,80 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// Headers the request path looks for, found in one pass over the names (`scan`): most
+/// messages carry none of them, and a pass of cheap name comparisons costs less than one
+/// hashed lookup per name.
+const CONNECTION_BIT: u16 = 1;
+/// The hop-by-hop set of RFC 9110 section 7.6.1 besides `Connection`, with bits 1..=6.
+static HOP_BY_HOP: [&HeaderName; 6] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+const XFF_BIT: u16 = 1 << 7;
+const XFCC_BIT: u16 = 1 << 8;
+
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut seen = 0;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            seen |= CONNECTION_BIT;
+        } else if name == X_FORWARDED_FOR {
+            seen |= XFF_BIT;
+        } else if name == X_FORWARDED_CLIENT_CERT {
+            seen |= XFCC_BIT;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            seen |= 2 << i;
+        }
+    }
+    seen
+}
+
 /// Remove hop-by-hop headers (RFC 9110 section 7.6.1): those named in `Connection`, then
 /// the fixed set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    strip_seen(headers, scan(headers));
+}
+
+fn strip_seen(headers: &mut HeaderMap, seen: u16) {
+    if seen & CONNECTION_BIT != 0 {
+        // `close` names no header and `keep-alive`/`upgrade` are in the fixed set: the
+        // usual values need no allocation
+        let mut named: Vec<HeaderName> = Vec::new();
+        for t in headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
+        {
+            let t = t.trim_ascii();
+            if t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(t) {
+                named.push(name);
+            }
+        }
         for name in named {
             headers.remove(name);
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if seen & (2 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
 /// `x-forwarded-for: <existing>, <peer>` (all existing lines folded into one).
-fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     if !headers.contains_key(&X_FORWARDED_FOR) {
         headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
         return;
@@ -386,6 +455,28 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_tokens_any_case_and_fixed_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Close"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-Secret ,, upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(&X_FORWARDED_FOR));
+        // nothing hop-by-hop: nothing changes
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
