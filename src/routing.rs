@@ -164,7 +164,10 @@ impl RoutingTable {
                 .map(|b| backend_of(&label, &b.service, b.weight))
                 .collect();
             let weights: Vec<u64> = s.backends.iter().map(|b| b.weight).collect();
-            let fallback = s.fallback.as_deref().map(|root| backend_of(&label, root, 0));
+            let fallback = s
+                .fallback
+                .as_deref()
+                .map(|root| backend_of(&label, root, 0));
             let matches = s
                 .matches
                 .iter()
