@@ -31,6 +31,8 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    // on this worker's thread: the upstream pool is per thread
+    let sweeper = tokio::spawn(crate::upstream::sweep_idle());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -73,6 +75,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    sweeper.abort();
     let grace = shared.routes.load().config.proxy.shutdown.grace;
     let open = graceful.count();
     tracing::info!(

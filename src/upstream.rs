@@ -278,7 +278,7 @@ fn take_idle(key: &str) -> Option<SendRequest<Incoming>> {
 }
 
 /// Put a connection back after its response ended; connections idle longer than
-/// `POOL_IDLE` are closed here, when the endpoint's traffic returns them.
+/// `POOL_IDLE` at the front of the list are closed here (`sweep_idle` gets the rest).
 fn put_idle(key: &str, sender: SendRequest<Incoming>) {
     if sender.is_closed() {
         return;
@@ -297,6 +297,23 @@ fn put_idle(key: &str, sender: SendRequest<Incoming>) {
         list.drain(..expired);
         list.push(Idle { sender, since: now });
     });
+}
+
+/// Close this thread's pooled connections idle longer than `POOL_IDLE`, every third of
+/// it, for as long as the worker serves (endpoints without traffic never call `put_idle`).
+pub async fn sweep_idle() {
+    let mut tick = tokio::time::interval(POOL_IDLE / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        IDLE.with_borrow_mut(|idle| {
+            for list in idle.values_mut() {
+                list.retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < POOL_IDLE);
+            }
+            idle.retain(|_, list| !list.is_empty());
+        });
+    }
 }
 
 fn pooled(
