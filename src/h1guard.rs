@@ -106,18 +106,36 @@ impl<I> H1Guard<I> {
             }
             Phase::Head => {}
         }
-        for &b in data {
-            self.crlf = match (self.crlf, b) {
-                (1, b'\n') | (3, b'\n') => self.crlf + 1,
-                (0, b'\r') | (2, b'\r') => self.crlf + 1,
-                (_, b'\r') => 1,
-                _ => 0,
-            };
-            if self.crlf == 4 {
-                self.phase = Phase::Busy;
-                return;
-            }
+        if self.head_ends_in(data) {
+            self.phase = Phase::Busy;
         }
+    }
+
+    /// Whether `data` completes the `\r\n\r\n` that ends a head, with `crlf` carrying a
+    /// partial match across reads. A SIMD search does the bulk: a head is read once more
+    /// here after the kernel's copy, so a byte-at-a-time walk would cost more than hyper's
+    /// own parse.
+    fn head_ends_in(&mut self, data: &[u8]) -> bool {
+        let mut rest = data;
+        // finish (or drop) a match that the previous read left open
+        while self.crlf != 0 {
+            let Some((&b, tail)) = rest.split_first() else {
+                return false;
+            };
+            self.crlf = step(self.crlf, b);
+            if self.crlf == 4 {
+                return true;
+            }
+            rest = tail;
+        }
+        if memchr::memmem::find(rest, b"\r\n\r\n").is_some() {
+            return true;
+        }
+        self.crlf = [&b"\r\n\r"[..], b"\r\n", b"\r"]
+            .iter()
+            .position(|end| rest.ends_with(end))
+            .map_or(0, |i| 3 - i as u8);
+        false
     }
 
     /// Returns true when the write starts a response: the idle clock starts then.
@@ -152,6 +170,16 @@ impl<I> H1Guard<I> {
             // registers the waker; the expiry itself is handled in poll_read
             let _ = self.timer.as_mut().poll(cx);
         }
+    }
+}
+
+/// One byte of the `\r\n\r\n` matcher: how much of it ends at `b`.
+fn step(crlf: u8, b: u8) -> u8 {
+    match (crlf, b) {
+        (1, b'\n') | (3, b'\n') => crlf + 1,
+        (0, b'\r') | (2, b'\r') => crlf + 1,
+        (_, b'\r') => 1,
+        _ => 0,
     }
 }
 
@@ -361,6 +389,46 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H1Guard<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast scan agrees with the byte-at-a-time matcher for every way of splitting
+    /// these inputs into two or three reads.
+    #[test]
+    fn head_end_scan_matches_the_byte_matcher_at_every_split() {
+        let inputs: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody",
+            b"GET / HTTP/1.1\r\nX: \r\r\n\r\r\n\n",
+            b"GET / HTTP/1.1\r\nX: a\n\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\r\r\n\r\r\n\r\n",
+        ];
+        let naive = |parts: &[&[u8]]| {
+            let mut crlf = 0;
+            parts.iter().flat_map(|p| p.iter()).any(|&b| {
+                crlf = step(crlf, b);
+                crlf == 4
+            })
+        };
+        let fast = |parts: &[&[u8]]| {
+            let mut g = H1Guard::new((), Duration::from_secs(1), Duration::from_secs(1), false);
+            g.phase = Phase::Head;
+            parts.iter().any(|p| g.head_ends_in(p))
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for input in inputs {
+                for i in 0..=input.len() {
+                    for j in i..=input.len() {
+                        let parts = [&input[..i], &input[i..j], &input[j..]];
+                        assert_eq!(fast(&parts), naive(&parts), "{input:?} split at {i}, {j}");
+                    }
+                }
+            }
+        });
+    }
 
     #[test]
     fn head_end_is_found_across_reads() {

@@ -143,12 +143,13 @@ async fn forward(
     // hyper-util's TLS client wants an absolute URI; the plain pool sends origin-form
     let absolute = backend.tls.is_some().then(|| endpoint.clone());
     let downstream_upgrade = prepare_request(&mut req, conn, absolute);
-    let sent = async {
+    // pinned where it stands: the timeout then holds a pointer, not a moved copy
+    let sent = std::pin::pin!(async {
         match &backend.tls {
             Some(client) => Ok(client.request(req).await?.map(UpstreamBody::new)),
             None => shared.upstream.send(&endpoint, req).await,
         }
-    };
+    });
     let result = tokio::time::timeout(upstream_timeout, sent).await;
     let mut resp = match result {
         Ok(Ok(resp)) => resp,
