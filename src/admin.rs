@@ -92,12 +92,13 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
                     })
                 })
                 .collect();
+            let src = s.source();
             json!({
-                "name": s.name,
-                "namespace": s.namespace,
-                "service": s.service,
-                "hosts": s.hosts,
-                "selection": s.selection.name(),
+                "name": src.name,
+                "namespace": src.namespace,
+                "service": src.service,
+                "hosts": src.hosts,
+                "selection": src.selection.name(),
                 "totalWeight": total_weight,
                 "fallback": s.fallback.as_ref().map(|f| &f.service),
                 "backends": backends,

@@ -118,13 +118,16 @@ async fn forward(
             ) {
                 return Err(ProxyError::Forbidden {
                     identity: conn.caller.clone(),
-                    service: split.service.clone(),
+                    service: split.source().service.clone(),
                 });
             }
         }
         let (backend, set_cookie) = split.pick(req.headers());
         let backend = backend
-            .ok_or_else(|| ProxyError::NoBackend(format!("{}/{}", split.namespace, split.name)))?;
+            .ok_or_else(|| {
+                let src = split.source();
+                ProxyError::NoBackend(format!("{}/{}", src.namespace, src.name))
+            })?;
         let endpoint = backend.endpoint();
         (
             backend.clone(),

@@ -45,14 +45,12 @@ pub struct Route {
 }
 
 pub struct Split {
-    pub name: String,
-    pub namespace: String,
-    /// `spec.service` as written.
-    pub service: String,
-    pub hosts: Vec<String>,
-    pub selection: Selection,
+    /// The configuration this split was built from, and its place in `config.splits`:
+    /// names, hosts and selection are read from there, not copied (a reload of 1 000
+    /// splits would otherwise spend most of its time allocating them).
+    config: Arc<Config>,
+    index: usize,
     selector: Selector,
-    pub service_account: String,
     matches: Box<[HttpMatch]>,
     picker: WeightedPicker,
     pub backends: Box<[Arc<Backend>]>,
@@ -155,7 +153,7 @@ impl RoutingTable {
         };
         let mut splits = Vec::with_capacity(config.splits.len());
         let mut label = String::new();
-        for s in &config.splits {
+        for (index, s) in config.splits.iter().enumerate() {
             label.clear();
             let _ = write!(label, "{}/{}", s.namespace, s.name);
             let backends: Box<[Arc<Backend>]> = s
@@ -180,13 +178,9 @@ impl RoutingTable {
                 .flat_map(|g| g.matches.iter().cloned())
                 .collect();
             splits.push(Arc::new(Split {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                service: s.service.clone(),
-                hosts: s.hosts.clone(),
-                selection: s.selection.clone(),
+                config: config.clone(),
+                index,
                 selector: Selector::new(&s.selection, s, &weights),
-                service_account: s.service_account.clone(),
                 matches,
                 picker: WeightedPicker::new(&weights),
                 backends,
@@ -195,7 +189,7 @@ impl RoutingTable {
             }));
         }
         // group by host: conditional splits first (document order), then the catch-all
-        let forms = splits.iter().map(|s| s.hosts.len()).sum();
+        let forms = config.splits.iter().map(|s| s.hosts.len()).sum();
         let mut hosts: FxHashMap<Box<str>, usize> =
             FxHashMap::with_capacity_and_hasher(forms, Default::default());
         let mut grouped: Vec<Vec<Arc<Split>>> = Vec::new();
@@ -205,7 +199,8 @@ impl RoutingTable {
             .chain(splits.iter().filter(|s| s.matches.is_empty()));
         for split in ordered {
             // a split's host forms all map to one route: find it by its first form
-            let idx = match hosts.get(split.hosts[0].as_str()) {
+            let forms = &split.source().hosts;
+            let idx = match hosts.get(forms[0].as_str()) {
                 Some(&i) => i,
                 None => {
                     grouped.push(Vec::new());
@@ -213,7 +208,7 @@ impl RoutingTable {
                 }
             };
             grouped[idx].push(split.clone());
-            for h in &split.hosts {
+            for h in forms {
                 hosts.entry(h.as_str().into()).or_insert(idx);
             }
         }
@@ -292,12 +287,13 @@ impl RoutingTable {
             p.listen, p.admin
         );
         for s in self.splits.iter() {
+            let src = s.source();
             let _ = writeln!(
                 out,
                 "\nsplit {}/{} ({})",
-                s.namespace,
-                s.name,
-                s.hosts.join(", ")
+                src.namespace,
+                src.name,
+                src.hosts.join(", ")
             );
             if !s.matches.is_empty() {
                 let names: Vec<&str> = s.matches.iter().map(|m| m.name.as_str()).collect();
@@ -333,7 +329,7 @@ impl RoutingTable {
                         let _ = writeln!(
                             out,
                             "  all weights are 0 and spec.services has no {}: requests get 503",
-                            s.service
+                            src.service
                         );
                     }
                 }
@@ -444,6 +440,11 @@ impl Split {
     /// every weight is 0. With a sticky cookie missing from the request, also the
     /// `set-cookie` value that keeps the client on the backend it got.
     #[inline]
+    /// The `TrafficSplit` document as loaded: name, namespace, service, hosts, selection.
+    pub fn source(&self) -> &crate::config::TrafficSplit {
+        &self.config.splits[self.index]
+    }
+
     pub fn pick(&self, headers: &HeaderMap) -> (Option<&Arc<Backend>>, Option<HeaderValue>) {
         let mut cookie = None;
         let index = match &self.selector {
