@@ -123,11 +123,10 @@ async fn forward(
             }
         }
         let (backend, set_cookie) = split.pick(req.headers());
-        let backend = backend
-            .ok_or_else(|| {
-                let src = split.source();
-                ProxyError::NoBackend(format!("{}/{}", src.namespace, src.name))
-            })?;
+        let backend = backend.ok_or_else(|| {
+            let src = split.source();
+            ProxyError::NoBackend(format!("{}/{}", src.namespace, src.name))
+        })?;
         let endpoint = backend.endpoint();
         (
             backend.clone(),
