@@ -1,5 +1,5 @@
-//! Clients to backends. Plain HTTP/1.1 upstreams use `Pool`: keep-alive connections kept
-//! per thread (one per worker: every worker runs a current-thread runtime), so a request
+//! Clients to backends. Plain HTTP/1.1 upstreams use `Upstream::send`: keep-alive
+//! connections kept per thread (one per worker: every worker runs a current-thread runtime), so a request
 //! takes an idle connection with no lock, no shared cache line and no task spawned to
 //! watch for its return. HTTPS upstreams use hyper-util's pooled client (hyper-rustls).
 //! The connect timeout can change on reload without dropping either pool.
@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +31,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
+use tower_service::Service as _;
 
 use crate::config::UpstreamTls;
 
@@ -191,12 +191,9 @@ struct Idle {
 /// Why an upstream request got no response head.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("tcp connect error: {0}")]
-    Connect(#[source] std::io::Error),
-    #[error("connect timed out after {}", humantime::format_duration(*.0))]
-    ConnectTimeout(Duration),
-    #[error("invalid endpoint {0:?}")]
-    Endpoint(String),
+    /// From `TimeoutConnector`: refused, unreachable, timed out.
+    #[error(transparent)]
+    Connect(BoxError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
     #[error(transparent)]
@@ -207,7 +204,7 @@ impl SendError {
     /// The upstream could not be reached (as opposed to failing mid-request).
     pub fn is_connect(&self) -> bool {
         match self {
-            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Endpoint(_) => true,
+            SendError::Connect(_) => true,
             SendError::Http(_) => false,
             SendError::Client(e) => e.is_connect(),
         }
@@ -236,22 +233,25 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.connect(key).await?;
+        let mut sender = self.connect(endpoint).await?;
         let resp = sender.send_request(req).await?;
         Ok(pooled(resp, sender, endpoint))
     }
 
-    async fn connect(&self, key: &str) -> Result<SendRequest<Incoming>, SendError> {
-        let addr: SocketAddr = key.parse().map_err(|_| SendError::Endpoint(key.into()))?;
-        let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Err(_) => return Err(SendError::ConnectTimeout(timeout)),
-        };
-        let _ = tcp.set_nodelay(true);
+    async fn connect(&self, endpoint: &Authority) -> Result<SendRequest<Incoming>, SendError> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let io = self
+            .connector()
+            .call(uri)
+            .await
+            .map_err(SendError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(io)
             .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
