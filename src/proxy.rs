@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header::{self, Entry, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -283,11 +283,7 @@ pub fn prepare_request<B>(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    if seen & XFF_BIT == 0 {
-        headers.insert(X_FORWARDED_FOR.clone(), conn.peer_ip.clone());
-    } else {
-        append_forwarded_for(headers, &conn.peer_ip);
-    }
+    append_forwarded_for(headers, &conn.peer_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
     if !host.is_empty() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -319,7 +315,7 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Headers the request path looks for, found in one pass over the names (`scan`): most
+/// Headers the request path removes, found in one pass over the names (`scan`): most
 /// messages carry none of them, and a pass of cheap name comparisons costs less than one
 /// hashed lookup per name.
 const CONNECTION_BIT: u16 = 1;
@@ -332,16 +328,13 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
 ];
-const XFF_BIT: u16 = 1 << 7;
-const XFCC_BIT: u16 = 1 << 8;
+const XFCC_BIT: u16 = 1 << 7;
 
 fn scan(headers: &HeaderMap) -> u16 {
     let mut seen = 0;
     for name in headers.keys() {
         if name == header::CONNECTION {
             seen |= CONNECTION_BIT;
-        } else if name == X_FORWARDED_FOR {
-            seen |= XFF_BIT;
         } else if name == X_FORWARDED_CLIENT_CERT {
             seen |= XFCC_BIT;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
@@ -393,18 +386,23 @@ fn strip_seen(headers: &mut HeaderMap, seen: u16) {
 
 /// `x-forwarded-for: <existing>, <peer>` (all existing lines folded into one).
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
-        return;
-    }
-    let mut value = BytesMut::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        value.extend_from_slice(v.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(peer_ip.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    // one hashed lookup whether or not an earlier proxy set it
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(v) => {
+            v.insert(peer_ip.clone());
+        }
+        Entry::Occupied(mut o) => {
+            let mut value = BytesMut::new();
+            for v in o.iter() {
+                value.extend_from_slice(v.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(peer_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(value.freeze()) {
+                // replaces every earlier line
+                o.insert(v);
+            }
+        }
     }
 }
 
