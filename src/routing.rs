@@ -199,8 +199,8 @@ impl RoutingTable {
             .chain(splits.iter().filter(|s| s.matches.is_empty()));
         for split in ordered {
             // a split's host forms all map to one route: find it by its first form
-            let forms = &split.source().hosts;
-            let idx = match hosts.get(forms[0].as_str()) {
+            let host_forms = &split.source().hosts;
+            let idx = match hosts.get(host_forms[0].as_str()) {
                 Some(&i) => i,
                 None => {
                     grouped.push(Vec::new());
@@ -208,7 +208,7 @@ impl RoutingTable {
                 }
             };
             grouped[idx].push(split.clone());
-            for h in forms {
+            for h in host_forms {
                 hosts.entry(h.as_str().into()).or_insert(idx);
             }
         }
