@@ -74,7 +74,7 @@ fn prepare(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched_ref(
                 || request(extra),
-                |req| black_box(proxy::prepare_request(req, conn, None)),
+                |req| black_box(proxy::prepare_request(req, conn)),
                 BatchSize::SmallInput,
             )
         });

@@ -16,7 +16,6 @@ use splitproxy::config;
 use splitproxy::metrics::Metrics;
 use splitproxy::routing::RoutingTable;
 use splitproxy::split::WeightedPicker;
-use splitproxy::upstream::Upstream;
 
 /// A configuration with `splits` splits of `backends` backends each (weights 1..=n).
 fn config_yaml(splits: usize, backends: usize, annotations: &str) -> String {
@@ -59,8 +58,7 @@ fn table(splits: usize, backends: usize) -> ArcSwap<RoutingTable> {
 
 fn table_with(splits: usize, backends: usize, annotations: &str) -> ArcSwap<RoutingTable> {
     let cfg = load_with(splits, backends, annotations);
-    let upstream = Upstream::new(Duration::from_secs(1));
-    let table = runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new(), &upstream));
+    let table = runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new(), None));
     ArcSwap::from_pointee(table.expect("bench table builds"))
 }
 
@@ -70,11 +68,11 @@ fn route(
     live: &ArcSwap<RoutingTable>,
     host: &str,
     headers: &HeaderMap,
-) -> Option<http::uri::Authority> {
+) -> Option<std::net::SocketAddr> {
     let table = live.load();
     let route = table.lookup(host)?;
     let split = route.select(&Method::GET, "/", headers)?;
-    split.pick(headers).0?.endpoint()
+    split.pick(headers).0?.endpoints.pick()
 }
 
 fn pick(c: &mut Criterion) {
@@ -146,11 +144,8 @@ fn build(c: &mut Criterion) {
     for n in [100usize, 1000] {
         let cfg = load(n, 2);
         let metrics = Metrics::new();
-        let upstream = Upstream::new(Duration::from_secs(1));
         g.bench_function(BenchmarkId::new("splits", n), |b| {
-            b.iter(|| {
-                black_box(rt.block_on(RoutingTable::build(cfg.clone(), 1, &metrics, &upstream)))
-            })
+            b.iter(|| black_box(rt.block_on(RoutingTable::build(cfg.clone(), 1, &metrics, None))))
         });
     }
     g.finish();

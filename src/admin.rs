@@ -2,7 +2,9 @@
 //! `/metrics`. Plain HTTP/1.1; never on the request path.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -15,9 +17,18 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
+use crate::live::Live;
+use crate::reload;
 
-pub async fn serve(listener: TcpListener, shared: &'static Shared) {
+/// What admin reads: the live state, the reload status, whether the proxy is draining.
+pub struct State {
+    pub live: Arc<Live>,
+    pub reloads: Arc<reload::Status>,
+    pub draining: Arc<AtomicBool>,
+    pub config_path: PathBuf,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -27,9 +38,12 @@ pub async fn serve(listener: TcpListener, shared: &'static Shared) {
                 continue;
             }
         };
+        let state = state.clone();
         tokio::spawn(async move {
-            let service =
-                service_fn(move |req| async move { Ok::<_, Infallible>(respond(shared, &req)) });
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
@@ -37,26 +51,26 @@ pub async fn serve(listener: TcpListener, shared: &'static Shared) {
     }
 }
 
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            if shared.draining.load(Ordering::SeqCst) {
+            if state.draining.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
             } else {
                 text(StatusCode::OK, "ready\n".into())
             }
         }
         "/routes" => {
-            let body = serde_json::to_string_pretty(&routes(shared)).unwrap_or_default();
+            let body = serde_json::to_string_pretty(&routes(state)).unwrap_or_default();
             with_type(StatusCode::OK, body + "\n", "application/json")
         }
         "/metrics" => with_type(
             StatusCode::OK,
-            shared.metrics.encode(),
+            state.live.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         _ => text(
@@ -68,8 +82,8 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// The live table as JSON: version, load time, every split with configured weights and
 /// the shares observed since the last reload.
-pub fn routes(shared: &Shared) -> serde_json::Value {
-    let table = shared.routes.load();
+pub fn routes(state: &State) -> serde_json::Value {
+    let table = state.live.routes.load();
     let loaded = table.loaded_at;
     let splits: Vec<_> = table
         .splits()
@@ -109,9 +123,9 @@ pub fn routes(shared: &Shared) -> serde_json::Value {
         "version": table.version,
         "loadedAt": humantime::format_rfc3339_millis(loaded).to_string(),
         "loadedAtUnix": loaded.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-        "config": shared.config_path.display().to_string(),
+        "config": state.config_path.display().to_string(),
         "fingerprint": format!("{:016x}", table.config.fingerprint),
-        "lastReloadErrors": shared.last_errors.load().as_deref().cloned().unwrap_or_default(),
+        "lastReloadErrors": state.reloads.last_errors(),
         "splits": splits,
     })
 }

@@ -1,179 +1,140 @@
-//! Wiring: load the first configuration, bind the listeners, start the proxy, admin and
-//! reload tasks, and run the shutdown sequence (DESIGN.md section 3).
+//! Wiring: run the load pipeline once, bind the listeners, start the workers, admin and the
+//! reload task, and run the shutdown sequence (DESIGN.md section 3).
+//!
+//! Every proxy listener is served by a worker: a thread of its own with a current-thread
+//! Tokio runtime, a `LocalSet` and its own upstream pool, so a connection's requests never
+//! leave its thread. With more than one worker each has its own `SO_REUSEPORT` listener on
+//! the proxy address and the kernel spreads connections. Admin, reload and shutdown stay
+//! on the calling runtime.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ConfigError;
+use crate::live::{Live, Worker};
 use crate::metrics::Metrics;
-use crate::routing::RoutingTable;
-use crate::upstream::Upstream;
-use crate::{admin, reload, server, tls};
-
-/// State shared by every task for the life of the process. Leaked once at start
-/// (`&'static`) so that requests borrow it without touching a reference count.
-pub struct Shared {
-    pub config_path: PathBuf,
-    /// The live routing table: the one `ArcSwap` on the request path.
-    pub routes: ArcSwap<RoutingTable>,
-    /// The TLS acceptor for new connections; `None` serves plain HTTP.
-    pub tls: ArcSwapOption<tls::Acceptor>,
-    pub upstream: Upstream,
-    pub metrics: Metrics,
-    /// Fingerprint of the last configuration read, valid or not: unchanged files are not
-    /// loaded twice.
-    pub last_fingerprint: AtomicU64,
-    /// The errors of the last failed reload (cleared by a good one), for `/routes`.
-    pub last_errors: ArcSwapOption<Vec<String>>,
-    /// Set on SIGTERM: `/readyz` fails from then on.
-    pub draining: AtomicBool,
-    /// Asks the reload task to read the configuration now (SIGHUP).
-    pub reload_now: Notify,
-}
+use crate::reload::{self, ConfigWatch, Reloader};
+use crate::upstream::{Pool, Upstream};
+use crate::{admin, load, server};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid configuration")]
     Config(Vec<ConfigError>),
-    #[error("{0}")]
-    Tls(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start worker {index}: {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
-/// A running proxy: its bound addresses and a handle to stop it.
+/// A running proxy: its bound addresses and handles to reload and stop it.
 pub struct Server {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub shared: &'static Shared,
+    live: Arc<Live>,
+    status: Arc<reload::Status>,
+    reloads: mpsc::Sender<reload::Request>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Load the configuration at `path`, bind, and start serving on the calling runtime.
+    /// Load the configuration at `path`, bind, and start serving with one worker.
     /// Configuration errors are returned, not logged.
     pub async fn start(path: PathBuf) -> Result<Server, StartError> {
         Self::start_with(path, 1).await
     }
 
-    /// As `start`, with `workers` accept loops. More than one: each worker is a thread with
-    /// its own current-thread Tokio runtime and its own `SO_REUSEPORT` listener on the
-    /// proxy address, so the kernel spreads connections and a connection's requests never
-    /// leave its thread. Admin, reload and shutdown stay on the calling runtime.
+    /// As `start`, with `workers` workers (at least one).
     pub async fn start_with(path: PathBuf, workers: usize) -> Result<Server, StartError> {
-        let cfg = reload::load_config(path.clone())
-            .await
-            .map_err(StartError::Config)?;
-        let acceptor = match &cfg.proxy.tls {
-            Some(t) => Some(Arc::new(
-                tls::Acceptor::new(t).map_err(|e| StartError::Tls(e.to_string()))?,
-            )),
-            None => None,
+        let metrics = Metrics::new();
+        let loaded = match load::load(&path, 1, &metrics, None, None).await {
+            Ok(Some(loaded)) => loaded,
+            // no fingerprint was given, so there is always a result
+            Ok(None) => return Err(StartError::Config(Vec::new())),
+            Err(errors) => return Err(StartError::Config(errors)),
         };
-        let listen = cfg.proxy.listen;
-        let bind_err = move |source| StartError::Bind {
-            what: "proxy",
-            addr: listen,
-            source,
-        };
-        let mut listeners =
-            vec![reuseport_listener(cfg.proxy.listen, workers > 1).map_err(bind_err)?];
-        let bound = listeners[0].local_addr().map_err(bind_err)?;
+        let config = loaded.config.clone();
+        let proxy = &config.proxy;
+        let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
+        let workers = workers.max(1);
+        let first = reuseport_listener(proxy.listen, workers > 1)
+            .map_err(bind_err("proxy", proxy.listen))?;
+        let proxy_addr = first
+            .local_addr()
+            .map_err(bind_err("proxy", proxy.listen))?;
+        let mut listeners = vec![first];
         for _ in 1..workers {
             // the others on the port the first one got (it may have asked for port 0)
-            listeners.push(reuseport_listener(bound, true).map_err(bind_err)?);
+            listeners
+                .push(reuseport_listener(proxy_addr, true).map_err(bind_err("proxy", proxy_addr))?);
         }
-        let admin_listener =
-            TcpListener::bind(cfg.proxy.admin)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: "admin",
-                    addr: cfg.proxy.admin,
-                    source,
-                })?;
-        let proxy_addr = bound;
+        let admin_listener = TcpListener::bind(proxy.admin)
+            .await
+            .map_err(bind_err("admin", proxy.admin))?;
         let admin_addr = admin_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "admin",
-                addr: cfg.proxy.admin,
-                source,
-            })?;
+            .map_err(bind_err("admin", proxy.admin))?;
 
-        let metrics = Metrics::new();
-        let fingerprint = cfg.fingerprint;
-        let connect = cfg.proxy.timeouts.connect;
-        let config = Arc::new(cfg);
-        let upstream = Upstream::new(connect);
-        let table = RoutingTable::build(config.clone(), 1, &metrics, &upstream)
-            .await
-            .map_err(StartError::Config)?;
         metrics.reload(true);
         metrics.config_version.set(1);
         metrics.last_reload_seconds.set(crate::unix_now());
-        let shared: &'static Shared = Box::leak(Box::new(Shared {
-            config_path: path,
-            routes: ArcSwap::from_pointee(table),
-            tls: ArcSwapOption::new(acceptor),
-            upstream,
-            metrics,
-            last_fingerprint: AtomicU64::new(fingerprint),
-            last_errors: ArcSwapOption::empty(),
-            draining: AtomicBool::new(false),
-            reload_now: Notify::new(),
-        }));
+        let live = Arc::new(Live::new(loaded.table, loaded.acceptor, metrics));
         tracing::info!(
             "serving {} split(s) on {proxy_addr} ({}), admin on {admin_addr}",
             config.splits.len(),
-            if config.proxy.tls.is_some() {
+            if proxy.tls.is_some() {
                 "TLS"
             } else {
                 "plain HTTP"
             }
         );
 
-        let (stop, mut stop_rx) = watch::channel(false);
-        let (stop_accepting, accepting_rx) = watch::channel(false);
-        tokio::spawn(admin::serve(admin_listener, shared));
-        tokio::spawn(reload::ConfigWatch::new(shared).run());
+        let reloader = Reloader::new(path.clone(), live.clone(), config.fingerprint);
+        let status = reloader.status();
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin = admin::State {
+            live: live.clone(),
+            reloads: status.clone(),
+            draining: draining.clone(),
+            config_path: path,
+        };
+        tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+        let (reloads, requests) = mpsc::channel(4);
+        tokio::spawn(ConfigWatch::new(reloader).run(requests));
+
+        let (stop_accepting, accepting) = watch::channel(false);
         let mut serving = Vec::with_capacity(listeners.len());
-        if listeners.len() == 1 {
-            let one = listeners.pop().expect("one listener, checked above");
-            let listener = TcpListener::from_std(one).map_err(bind_err)?;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
-                server::serve(listener, shared, accepting_rx).await;
-                let _ = tx.send(());
-            });
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            let (live, accepting) = (live.clone(), accepting.clone());
+            std::thread::Builder::new()
+                .name(format!("splitproxy-worker-{index}"))
+                .spawn(move || run_worker(listener, live, accepting, tx))
+                .map_err(|source| StartError::Worker { index, source })?;
             serving.push(rx);
-        } else {
-            for (i, listener) in listeners.into_iter().enumerate() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let accepting = accepting_rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("splitproxy-worker-{i}"))
-                    .spawn(move || run_worker(listener, shared, accepting, tx))
-                    .map_err(bind_err)?;
-                serving.push(rx);
-            }
         }
+        let (stop, mut stop_rx) = watch::channel(false);
+        let shutdown_live = live.clone();
         let done = tokio::spawn(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
             // /readyz fails at once; the listener keeps accepting for `shutdown.delay`
-            shared.draining.store(true, Ordering::SeqCst);
-            let delay = shared.routes.load().config.proxy.shutdown.delay;
+            draining.store(true, Ordering::SeqCst);
+            let delay = shutdown_live.routes.load().config.proxy.shutdown.delay;
             if !delay.is_zero() {
                 tracing::info!(
                     "draining: still accepting for {}",
@@ -189,20 +150,43 @@ impl Server {
         Ok(Server {
             proxy_addr,
             admin_addr,
-            shared,
+            live,
+            status,
+            reloads,
             stop,
             done,
         })
     }
 
+    /// The version of the live configuration (1 = the first one loaded).
+    pub fn version(&self) -> u64 {
+        self.live.routes.load().version
+    }
+
+    /// The errors of the last rejected reload; empty after a good one.
+    pub fn last_reload_errors(&self) -> Vec<String> {
+        self.status.last_errors()
+    }
+
+    /// Read the configuration again now (as SIGHUP does) and say what happened.
+    pub async fn reload(&self) -> reload::Result {
+        let (tx, rx) = oneshot::channel();
+        let gone = || {
+            vec![ConfigError {
+                file: PathBuf::new(),
+                document: None,
+                object: None,
+                field: None,
+                reason: "the reload task has stopped".into(),
+            }]
+        };
+        self.reloads.send(tx).await.map_err(|_| gone())?;
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
     /// Begin the shutdown sequence (as SIGTERM does).
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
-    }
-
-    /// Read the configuration again now (as SIGHUP does).
-    pub fn reload(&self) {
-        self.shared.reload_now.notify_one();
     }
 
     /// Wait until the shutdown sequence has finished.
@@ -229,12 +213,13 @@ fn reuseport_listener(
     Ok(socket.into())
 }
 
-/// One worker thread: a current-thread runtime serving one listener until shutdown.
+/// One worker thread: a current-thread runtime and a `LocalSet` serving one listener
+/// until shutdown, with the worker's own upstream pool and its sweep.
 fn run_worker(
     listener: std::net::TcpListener,
-    shared: &'static Shared,
+    live: Arc<Live>,
     accepting: watch::Receiver<bool>,
-    done: tokio::sync::oneshot::Sender<()>,
+    done: oneshot::Sender<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -246,11 +231,23 @@ fn run_worker(
             return;
         }
     };
-    runtime.block_on(async move {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => server::serve(listener, shared, accepting).await,
-            Err(e) => tracing::error!("worker listener: {e}"),
-        }
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("worker listener: {e}"),
+        };
+        let pool = Pool::new(
+            crate::upstream::pool::MAX_IDLE_PER_ENDPOINT,
+            crate::upstream::pool::IDLE_TIMEOUT,
+        );
+        let sweep = tokio::task::spawn_local(Pool::sweep(Rc::downgrade(&pool)));
+        let worker = Rc::new(Worker {
+            live,
+            upstream: Upstream::new(pool),
+        });
+        server::serve(listener, worker, accepting).await;
+        sweep.abort();
     });
     let _ = done.send(());
 }

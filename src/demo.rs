@@ -90,7 +90,7 @@ pub async fn run(progress: bool) -> anyhow::Result<()> {
     let edit = Instant::now();
     rewrite(&config_path, &config(v1, v2, 50, 50))?;
     let deadline = edit + Duration::from_secs(10);
-    while proxy.shared.routes.load().version < 2 {
+    while proxy.version() < 2 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the proxy did not pick up the edit within 10 s"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use splitproxy::{config, pki, routing::RoutingTable, Server, StartError};
+use splitproxy::{config, load, pki, Server, StartError};
 
 #[derive(Parser)]
 #[command(
@@ -178,7 +178,7 @@ async fn wait_for_signals(server: &Server) -> std::io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => server.reload(),
+            _ = hup.recv() => { let _ = server.reload().await; }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -204,13 +204,6 @@ fn print_errors(errors: &[config::ConfigError]) {
 }
 
 fn validate(path: PathBuf) -> ExitCode {
-    let config = match config::load(&path) {
-        Ok(c) => c,
-        Err(errors) => {
-            print_errors(&errors);
-            return ExitCode::FAILURE;
-        }
-    };
     let rt = match runtime(Some(1)) {
         Ok(rt) => rt,
         Err(e) => {
@@ -218,30 +211,21 @@ fn validate(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // TLS material is checked as `run` would check it
-    if let Some(t) = &config.proxy.tls {
-        if let Err(e) = splitproxy::tls::Acceptor::new(t) {
-            eprintln!("error: {}: {e}", config.proxy.origin);
-            return ExitCode::FAILURE;
-        }
-    }
+    // the pipeline `run` starts from: nothing is checked here that `run` would not check
     let metrics = splitproxy::metrics::Metrics::new();
-    let upstream = splitproxy::upstream::Upstream::new(config.proxy.timeouts.connect);
-    let table = match rt.block_on(RoutingTable::build(
-        std::sync::Arc::new(config),
-        1,
-        &metrics,
-        &upstream,
-    )) {
-        Ok(t) => t,
+    match rt.block_on(load::load(&path, 1, &metrics, None, None)) {
+        Ok(Some(loaded)) => {
+            println!("configuration OK: {}", path.display());
+            print!("{}", loaded.table.describe());
+            ExitCode::SUCCESS
+        }
+        // no fingerprint to compare with: a load always has a result
+        Ok(None) => ExitCode::FAILURE,
         Err(errors) => {
             print_errors(&errors);
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    println!("configuration OK: {}", path.display());
-    print!("{}", table.describe());
-    ExitCode::SUCCESS
+    }
 }
 
 fn demo() -> ExitCode {

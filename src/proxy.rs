@@ -1,30 +1,29 @@
 //! One request, downstream to upstream and back.
 //!
-//! `handle` (outer) never fails: it turns a `ProxyError` into the proxy's own response.
-//! `forward` (inner): route (one `ArcSwap` load, host lookup, split match, weighted pick,
-//! endpoint) -> rewrite headers -> pooled upstream request under the upstream timeout ->
-//! response headers. Bodies stream through untouched in both directions.
+//! `handle`: route (one `ArcSwap` load, `RoutingTable::route`: host, split, access, pick,
+//! endpoint) -> `Forward::send`: rewrite headers, the worker's upstream client under the
+//! upstream timeout, response headers -> `answer`: the proxy's own response for an error,
+//! and the metrics, once per request. Bodies stream through untouched in both directions.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, Entry, HeaderName};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access::Principal;
-use crate::app::Shared;
-use crate::error::ProxyError;
+use crate::config::Timeouts;
 use crate::identity::Identity;
-use crate::upstream::UpstreamBody;
-
-/// Response body: a backend's streamed body, or a small one the proxy made.
-pub type Body = Either<UpstreamBody, Full<Bytes>>;
+use crate::live::Worker;
+use crate::metrics::BackendCounters;
+use crate::response::{error_chain, Body, ProxyError};
+use crate::routing::Backend;
+use crate::upstream::Upstream;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -75,160 +74,139 @@ impl ConnInfo {
     }
 }
 
-/// Serve one request. Never fails: errors become the proxy's own responses.
-pub async fn handle(
-    shared: &'static Shared,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+/// Serve one request. Never fails: errors become the proxy's own responses. The timer
+/// starts here, and `answer` counts every request once, whoever answered it.
+pub async fn handle(worker: &Worker, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    // route while the table guard is held; keep only owned handles across the await
+    let (backend, addr, set_cookie, timeouts, expose) = {
+        let table = worker.live.routes.load();
+        match table.route(&req, conn.principal.as_ref(), &conn.caller) {
+            Ok(r) => (
+                r.backend.clone(),
+                r.addr,
+                r.set_cookie,
+                table.timeouts,
+                table.expose_backend,
+            ),
+            Err(refused) => return answer(refused.counters, Err(*refused.error), started, conn),
+        }
+    };
+    let forwarded = Forward {
+        backend: &backend,
+        addr,
+        timeouts,
+        set_cookie,
+        expose,
+    };
+    let result = forwarded.send(&worker.upstream, conn, req).await;
+    answer(&backend.counters, result, started, conn)
+}
+
+/// The response for a request's outcome, counted in `counters`.
+fn answer(
+    counters: &BackendCounters,
+    result: Result<Response<Body>, ProxyError>,
+    started: Instant,
+    conn: &ConnInfo,
 ) -> Response<Body> {
-    match forward(shared, &conn, req).await {
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(peer = %conn.peer, "{e}");
+            match &e {
+                ProxyError::Connect { .. } => counters.connect_failures.inc(),
+                ProxyError::Timeout { .. } => counters.timeouts.inc(),
+                _ => 0,
+            };
+            match e.endpoint() {
+                Some(endpoint) => {
+                    tracing::debug!(peer = %conn.peer, %endpoint, "{}", error_chain(&e))
+                }
+                None => tracing::debug!(peer = %conn.peer, "{e}"),
+            }
             e.into_response()
         }
-    }
+    };
+    counters.record(resp.status(), started);
+    resp
 }
 
-async fn forward(
-    shared: &'static Shared,
-    conn: &ConnInfo,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    // Route while the table guard is held; keep only owned handles across the await.
-    let (backend, endpoint, set_cookie, upstream_timeout, expose) = {
-        let table = shared.routes.load();
-        let host = request_host(&req).ok_or(ProxyError::NoHost)?;
-        let route = table
-            .lookup(host)
-            .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
-        let split = route
-            .select(req.method(), req.uri().path(), req.headers())
-            .ok_or_else(|| ProxyError::NoMatch {
-                host: host.to_string(),
-                method: req.method().clone(),
-                path: req.uri().path().to_string(),
-            })?;
-        if let Some(policy) = &split.policy {
-            if !policy.allows(
-                conn.principal.as_ref(),
-                req.method(),
-                req.uri().path(),
-                req.headers(),
-            ) {
-                return Err(ProxyError::Forbidden {
-                    identity: conn.caller.clone(),
-                    service: split.source().service.clone(),
+/// A routed request on its way to the backend.
+struct Forward<'a> {
+    backend: &'a Backend,
+    addr: SocketAddr,
+    timeouts: Timeouts,
+    set_cookie: Option<HeaderValue>,
+    expose: bool,
+}
+
+impl Forward<'_> {
+    async fn send(
+        self,
+        upstream: &Upstream,
+        conn: &ConnInfo,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let backend = self.backend;
+        let downstream_upgrade = prepare_request(&mut req, conn);
+        // pinned where it stands: the timeout then holds a pointer, not a moved copy
+        let sent = std::pin::pin!(upstream.send(
+            &backend.transport,
+            self.addr,
+            self.timeouts.connect,
+            req
+        ));
+        let mut resp = match tokio::time::timeout(self.timeouts.upstream, sent).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(source)) => {
+                let (service, endpoint) = (backend.service.clone(), self.addr);
+                return Err(if source.is_connect() {
+                    ProxyError::Connect {
+                        service,
+                        endpoint,
+                        source,
+                    }
+                } else {
+                    ProxyError::Upstream {
+                        service,
+                        endpoint,
+                        source,
+                    }
                 });
             }
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    service: backend.service.clone(),
+                    endpoint: self.addr,
+                    after: self.timeouts.upstream,
+                })
+            }
+        };
+        if let Some(cookie) = self.set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        let (backend, set_cookie) = split.pick(req.headers());
-        let backend = backend.ok_or_else(|| {
-            let src = split.source();
-            ProxyError::NoBackend(format!("{}/{}", src.namespace, src.name))
-        })?;
-        let endpoint = backend.endpoint();
-        (
-            backend.clone(),
-            endpoint,
-            set_cookie,
-            table.timeouts.upstream,
-            table.expose_backend,
-        )
-    };
-    let started = Instant::now();
-    let Some(endpoint) = endpoint else {
-        backend.counters.record(StatusCode::BAD_GATEWAY, started);
-        return Err(ProxyError::NoEndpoint(backend.service.clone()));
-    };
-
-    // hyper-util's TLS client wants an absolute URI; the plain pool sends origin-form
-    let absolute = backend.tls.is_some().then(|| endpoint.clone());
-    let downstream_upgrade = prepare_request(&mut req, conn, absolute);
-    // pinned where it stands: the timeout then holds a pointer, not a moved copy
-    let sent = std::pin::pin!(async {
-        match &backend.tls {
-            Some(client) => Ok(client.request(req).await?.map(UpstreamBody::new)),
-            None => shared.upstream.send(&endpoint, req).await,
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_side) = downstream_upgrade {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_side, upstream_side));
+            }
+        } else {
+            strip_hop_by_hop(resp.headers_mut());
         }
-    });
-    let result = tokio::time::timeout(upstream_timeout, sent).await;
-    let mut resp = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            let (service, endpoint, reason) = (
-                backend.service.clone(),
-                endpoint.to_string(),
-                error_chain(&e),
-            );
-            let err = if e.is_connect() {
-                backend.counters.connect_failures.inc();
-                ProxyError::Connect {
-                    service,
-                    endpoint,
-                    reason,
-                }
-            } else {
-                ProxyError::Upstream {
-                    service,
-                    endpoint,
-                    reason,
-                }
-            };
-            backend.counters.record(err.status(), started);
-            return Err(err);
+        if self.expose {
+            resp.headers_mut()
+                .insert(X_SPLITPROXY_BACKEND.clone(), backend.header.clone());
         }
-        Err(_) => {
-            let err = ProxyError::Timeout {
-                service: backend.service.clone(),
-                endpoint: endpoint.to_string(),
-                after: upstream_timeout,
-            };
-            backend.counters.timeouts.inc();
-            backend.counters.record(err.status(), started);
-            return Err(err);
-        }
-    };
-    backend.counters.record(resp.status(), started);
-    if let Some(cookie) = set_cookie {
-        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        Ok(resp.map(Either::Left))
     }
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_side) = downstream_upgrade {
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, upstream_side));
-        }
-    } else {
-        strip_hop_by_hop(resp.headers_mut());
-    }
-    if expose {
-        resp.headers_mut()
-            .insert(X_SPLITPROXY_BACKEND.clone(), backend.header.clone());
-    }
-    Ok(resp.map(Either::Left))
 }
 
-/// The host the client addressed: `:authority` (h2, absolute-form) or `Host`.
-#[inline]
-pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-}
-
-/// Rewrite a downstream request for the upstream: origin-form URI (absolute `https` on
-/// `tls_endpoint` when given), hop-by-hop headers removed, forwarding headers set, client
-/// identity replaced. Returns the downstream side of an HTTP upgrade, when the request
+/// Rewrite a downstream request for the upstream: origin-form URI, hop-by-hop headers
+/// removed, forwarding headers set, client identity replaced. Returns the downstream side of an HTTP upgrade, when the request
 /// asks for one.
 pub fn prepare_request<B>(
     req: &mut Request<B>,
     conn: &ConnInfo,
-    tls_endpoint: Option<Authority>,
 ) -> Option<hyper::upgrade::OnUpgrade> {
     let upgrade = if req.version() == Version::HTTP_11 {
         upgrade_protocol(req.headers())
@@ -253,26 +231,14 @@ pub fn prepare_request<B>(
         },
     };
 
-    match tls_endpoint {
-        Some(endpoint) => {
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(Scheme::HTTPS);
-            parts.authority = Some(endpoint);
-            if parts.path_and_query.is_none() {
-                parts.path_and_query = Some(PathAndQuery::from_static("/"));
-            }
-            *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-        }
-        // the usual HTTP/1.1 request is origin-form already: nothing to rebuild
-        None if req.uri().scheme().is_none() && req.uri().authority().is_none() => {}
-        None => {
-            let path = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(path);
-        }
+    // the usual HTTP/1.1 request is origin-form already: nothing to rebuild
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
     }
     *req.version_mut() = Version::HTTP_11;
 
@@ -417,21 +383,6 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
         }
         Err(e) => tracing::debug!("upgrade failed: {e}"),
     }
-}
-
-/// An error with its causes, `a: b: c`, for messages.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

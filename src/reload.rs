@@ -1,6 +1,7 @@
-//! Hot reload: watch the configuration's folders, debounce, load, validate, build a new
-//! routing table off the request path and swap it in with one store. An invalid
-//! configuration never replaces a valid one.
+//! Hot reload: watch the configuration's folders, debounce, run the load pipeline off the
+//! request path and swap the new table in with one store. An invalid configuration never
+//! replaces a valid one. This task is the only writer of the live state; it owns its own
+//! status (the last fingerprint, the last errors) and lends admin a read handle.
 //!
 //! The watch is on folders, not files, so that editors that write through a rename and
 //! Kubernetes ConfigMap/Secret mounts (an update swaps the `..data` symlink in the mounted
@@ -8,17 +9,17 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::app::Shared;
-use crate::config::{self, ConfigError};
-use crate::routing::{self, RoutingTable};
-use crate::tls;
+use crate::config::ConfigError;
+use crate::live::Live;
+use crate::load::{self, Loaded};
+use crate::routing;
 
 /// Quiet time after the last file event before reading: a rename-write or a `..data` swap
 /// arrives as a burst of events within a millisecond or two.
@@ -35,17 +36,156 @@ pub enum Outcome {
     Unchanged,
 }
 
+pub type Result = std::result::Result<Outcome, Vec<ConfigError>>;
+
+/// A reload asked for from outside (SIGHUP, `Server::reload`), with where to send its result.
+pub type Request = oneshot::Sender<Result>;
+
+/// What admin may read of the reloads.
+#[derive(Default)]
+pub struct Status {
+    last_errors: ArcSwapOption<Vec<String>>,
+}
+
+impl Status {
+    /// The errors of the last failed reload; empty after a good one.
+    pub fn last_errors(&self) -> Vec<String> {
+        self.last_errors
+            .load()
+            .as_deref()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The reload task's state.
+pub struct Reloader {
+    path: PathBuf,
+    live: Arc<Live>,
+    /// Fingerprint of the last configuration read, valid or not (or of its errors):
+    /// unchanged files are not loaded twice, and a broken file is reported once.
+    fingerprint: u64,
+    status: Arc<Status>,
+}
+
+impl Reloader {
+    /// `fingerprint`: of the configuration `live` was started from.
+    pub fn new(path: PathBuf, live: Arc<Live>, fingerprint: u64) -> Self {
+        Reloader {
+            path,
+            live,
+            fingerprint,
+            status: Arc::default(),
+        }
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// Run the pipeline and, when the configuration is valid and changed, make it live.
+    pub async fn apply(&mut self, trigger: &str) -> Result {
+        let old = self.live.routes.load_full();
+        let version = old.version + 1;
+        let metrics = &self.live.metrics;
+        let loaded = load::load(
+            &self.path,
+            version,
+            metrics,
+            Some(&old),
+            Some(self.fingerprint),
+        );
+        let loaded = match loaded.await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => {
+                tracing::debug!("{trigger}: configuration unchanged");
+                return Ok(Outcome::Unchanged);
+            }
+            Err(errors) => {
+                // report a broken file once, not at every event while it stays broken
+                let fingerprint = fingerprint_of(&errors);
+                if std::mem::replace(&mut self.fingerprint, fingerprint) != fingerprint {
+                    self.reject(trigger, &errors, old.version);
+                }
+                return Err(errors);
+            }
+        };
+        self.fingerprint = loaded.config.fingerprint;
+        let Loaded {
+            config,
+            acceptor,
+            table,
+        } = loaded;
+        let (old_proxy, new_proxy) = (&old.config.proxy, &config.proxy);
+        if old_proxy.listen != new_proxy.listen || old_proxy.admin != new_proxy.admin {
+            tracing::warn!(
+                "{}: spec.listen and spec.admin take effect at the next start; still on {} and {}",
+                new_proxy.origin,
+                old_proxy.listen,
+                old_proxy.admin
+            );
+        }
+        if old_proxy.tls.is_some() != new_proxy.tls.is_some() {
+            tracing::warn!(
+                "{}: adding or removing spec.tls takes effect at the next start",
+                new_proxy.origin
+            );
+        }
+        let changes = routing::diff(&old.config, &config);
+        self.live.routes.store(Arc::new(table));
+        // new handshakes use the new material; a listener started plain stays plain
+        if let (Some(a), true) = (acceptor, old_proxy.tls.is_some()) {
+            self.live.tls.store(Some(a));
+        }
+        self.status.last_errors.store(None);
+        metrics.reload(true);
+        metrics.config_version.set(version as i64);
+        metrics.last_reload_seconds.set(crate::unix_now());
+        if changes.is_empty() {
+            tracing::info!("{trigger}: configuration version {version} live");
+        } else {
+            tracing::info!(
+                "{trigger}: configuration version {version} live: {}",
+                changes.join("; ")
+            );
+        }
+        Ok(Outcome::Applied(version))
+    }
+
+    fn reject(&self, trigger: &str, errors: &[ConfigError], version: u64) {
+        self.live.metrics.reload(false);
+        for e in errors {
+            tracing::error!("{e}");
+        }
+        tracing::error!(
+            "{trigger}: configuration rejected ({} error(s)); version {version} keeps serving",
+            errors.len()
+        );
+        let errors = errors.iter().map(ToString::to_string).collect();
+        self.status.last_errors.store(Some(Arc::new(errors)));
+    }
+}
+
+fn fingerprint_of(errors: &[ConfigError]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in errors {
+        e.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The file watcher, registered before the proxy starts serving so that no change made
 /// after `Server::start` returns can be missed.
 pub struct ConfigWatch {
-    shared: &'static Shared,
+    reloader: Reloader,
     watcher: Option<notify::RecommendedWatcher>,
     watched: BTreeSet<PathBuf>,
     events: mpsc::Receiver<()>,
 }
 
 impl ConfigWatch {
-    pub fn new(shared: &'static Shared) -> ConfigWatch {
+    pub fn new(reloader: Reloader) -> ConfigWatch {
         let (tx, events) = mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
@@ -65,24 +205,26 @@ impl ConfigWatch {
             }
         };
         let mut watch = ConfigWatch {
-            shared,
+            reloader,
             watcher,
             watched: BTreeSet::new(),
             events,
         };
-        update_watches(&mut watch.watcher, &mut watch.watched, shared);
+        watch.update_watches();
         watch
     }
 
-    /// Run forever: reload on file events and on `Shared::reload_now` (SIGHUP).
-    pub async fn run(mut self) {
-        let shared = self.shared;
+    /// Reload on file events and on requests (SIGHUP), until every request sender is gone.
+    pub async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         loop {
-            let trigger: &'static str = tokio::select! {
-                Some(()) = self.events.recv() => "file change",
-                () = shared.reload_now.notified() => "SIGHUP",
+            let (trigger, reply) = tokio::select! {
+                Some(()) = self.events.recv() => ("file change", None),
+                request = requests.recv() => match request {
+                    Some(reply) => ("SIGHUP", Some(reply)),
+                    None => return,
+                },
             };
-            if trigger == "file change" {
+            if reply.is_none() {
                 let start = tokio::time::Instant::now();
                 while start.elapsed() < DEBOUNCE_MAX {
                     match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
@@ -91,40 +233,39 @@ impl ConfigWatch {
                     }
                 }
             }
-            let _ = apply(shared, trigger).await;
-            update_watches(&mut self.watcher, &mut self.watched, shared);
+            let result = self.reloader.apply(trigger).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+            self.update_watches();
         }
     }
-}
 
-/// Folders to watch: the configuration folder (or a file's folder), and the folders of
-/// the TLS files the live configuration names.
-fn update_watches(
-    watcher: &mut Option<notify::RecommendedWatcher>,
-    watched: &mut BTreeSet<PathBuf>,
-    shared: &Shared,
-) {
-    let Some(w) = watcher else { return };
-    let table = shared.routes.load();
-    let mut want = BTreeSet::new();
-    let path = &shared.config_path;
-    want.insert(if path.is_dir() {
-        path.clone()
-    } else {
-        parent(path)
-    });
-    for file in &table.config.files {
-        want.insert(parent(file));
-    }
-    for dir in watched.difference(&want) {
-        let _ = w.unwatch(dir);
-    }
-    for dir in want.difference(watched) {
-        if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!("cannot watch {}: {e}", dir.display());
+    /// Folders to watch: the configuration folder (or a file's folder), and the folders of
+    /// the TLS files the live configuration names.
+    fn update_watches(&mut self) {
+        let Some(w) = &mut self.watcher else { return };
+        let table = self.reloader.live.routes.load();
+        let path = &self.reloader.path;
+        let mut want = BTreeSet::new();
+        want.insert(if path.is_dir() {
+            path.clone()
+        } else {
+            parent(path)
+        });
+        for file in &table.config.files {
+            want.insert(parent(file));
         }
+        for dir in self.watched.difference(&want) {
+            let _ = w.unwatch(dir);
+        }
+        for dir in want.difference(&self.watched) {
+            if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!("cannot watch {}: {e}", dir.display());
+            }
+        }
+        self.watched = want;
     }
-    *watched = want;
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -132,135 +273,4 @@ fn parent(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-/// `config::load` on the blocking pool: file reads stay off the async workers.
-pub async fn load_config(path: PathBuf) -> Result<config::Config, Vec<ConfigError>> {
-    tokio::task::spawn_blocking(move || config::load(&path))
-        .await
-        .unwrap_or_else(|e| {
-            Err(vec![ConfigError {
-                file: PathBuf::new(),
-                document: None,
-                object: None,
-                field: None,
-                reason: format!("loader panicked: {e}"),
-            }])
-        })
-}
-
-/// Load the configuration and, when it is valid and changed, make it live.
-pub async fn apply(
-    shared: &'static Shared,
-    trigger: &'static str,
-) -> Result<Outcome, Vec<ConfigError>> {
-    let loaded = load_config(shared.config_path.clone()).await;
-    let cfg = match loaded {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            // report a broken file once, not at every event while it stays broken
-            let fingerprint = fingerprint_of(&errors);
-            if shared.last_fingerprint.swap(fingerprint, Ordering::SeqCst) != fingerprint {
-                reject(shared, trigger, &errors);
-            }
-            return Err(errors);
-        }
-    };
-    if shared
-        .last_fingerprint
-        .swap(cfg.fingerprint, Ordering::SeqCst)
-        == cfg.fingerprint
-    {
-        tracing::debug!("{trigger}: configuration unchanged");
-        return Ok(Outcome::Unchanged);
-    }
-    let old = shared.routes.load_full();
-    let (old_proxy, new_proxy) = (&old.config.proxy, &cfg.proxy);
-    if old_proxy.listen != new_proxy.listen || old_proxy.admin != new_proxy.admin {
-        tracing::warn!(
-            "{}: spec.listen and spec.admin take effect at the next start; still on {} and {}",
-            new_proxy.origin,
-            old_proxy.listen,
-            old_proxy.admin
-        );
-    }
-    if old_proxy.tls.is_some() != new_proxy.tls.is_some() {
-        tracing::warn!(
-            "{}: adding or removing spec.tls takes effect at the next start",
-            new_proxy.origin
-        );
-    }
-    // TLS material first: a bad certificate keeps the whole old configuration
-    let acceptor = match &new_proxy.tls {
-        Some(t) if old_proxy.tls.is_some() => match tls::Acceptor::new(t) {
-            Ok(a) => Some(Arc::new(a)),
-            Err(e) => {
-                let errors = vec![ConfigError {
-                    file: new_proxy.origin.file.to_path_buf(),
-                    document: Some(new_proxy.origin.document),
-                    object: Some(("Proxy".into(), new_proxy.origin.name.clone())),
-                    field: None,
-                    reason: e.to_string(),
-                }];
-                reject(shared, trigger, &errors);
-                return Err(errors);
-            }
-        },
-        _ => None,
-    };
-    let changes = routing::diff(&old.config, &cfg);
-    let version = old.version + 1;
-    shared
-        .upstream
-        .set_connect_timeout(cfg.proxy.timeouts.connect);
-    let table = match RoutingTable::build(Arc::new(cfg), version, &shared.metrics, &shared.upstream)
-        .await
-    {
-        Ok(t) => t,
-        Err(errors) => {
-            reject(shared, trigger, &errors);
-            return Err(errors);
-        }
-    };
-    shared.routes.store(Arc::new(table));
-    if let Some(a) = acceptor {
-        shared.tls.store(Some(a));
-    }
-    shared.last_errors.store(None);
-    shared.metrics.reload(true);
-    shared.metrics.config_version.set(version as i64);
-    shared.metrics.last_reload_seconds.set(crate::unix_now());
-    if changes.is_empty() {
-        tracing::info!("{trigger}: configuration version {version} live");
-    } else {
-        tracing::info!(
-            "{trigger}: configuration version {version} live: {}",
-            changes.join("; ")
-        );
-    }
-    Ok(Outcome::Applied(version))
-}
-
-fn reject(shared: &Shared, trigger: &str, errors: &[ConfigError]) {
-    shared.metrics.reload(false);
-    let version = shared.routes.load().version;
-    for e in errors {
-        tracing::error!("{e}");
-    }
-    tracing::error!(
-        "{trigger}: configuration rejected ({} error(s)); version {version} keeps serving",
-        errors.len()
-    );
-    shared.last_errors.store(Some(Arc::new(
-        errors.iter().map(ToString::to_string).collect(),
-    )));
-}
-
-fn fingerprint_of(errors: &[ConfigError]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for e in errors {
-        e.to_string().hash(&mut h);
-    }
-    h.finish()
 }

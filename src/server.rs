@@ -1,22 +1,31 @@
-//! The proxy listener: accept, TLS handshake (when configured), then hyper-util's auto
-//! server (HTTP/1.1 and HTTP/2, h2c prior knowledge on plain listeners) with every request
-//! going to `proxy::handle`. Each connection is watched for graceful shutdown.
+//! The proxy listener of one worker: accept, then `serve_conn` per connection: the TLS
+//! handshake (when configured), then hyper-util's auto server (HTTP/1.1 and HTTP/2, h2c
+//! prior knowledge on plain listeners) with every request going to `proxy::handle`. Each
+//! connection is watched for graceful shutdown.
+//!
+//! A worker is one thread: its connection tasks are spawned on its `LocalSet`, so what
+//! they share (`Worker`, the connection's `ConnInfo`) is an `Rc`, never an atomic count.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::app::Shared;
+use crate::config::Timeouts;
 use crate::h1guard::H1Guard;
+use crate::live::Worker;
 use crate::proxy::{self, ConnInfo};
+use crate::response::error_chain;
 use crate::tls;
 
 /// Pause after an accept error (out of file descriptors, say) before trying again.
@@ -24,46 +33,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accept until `stop` turns true, then let open connections finish within
 /// `shutdown.grace`: keep-alive connections are told to close (HTTP/1.1
-/// `connection: close`, HTTP/2 GOAWAY).
-pub async fn serve(
-    listener: TcpListener,
-    shared: &'static Shared,
-    mut stop: watch::Receiver<bool>,
-) {
+/// `connection: close`, HTTP/2 GOAWAY). Runs inside the worker's `LocalSet`.
+pub async fn serve(listener: TcpListener, worker: Rc<Worker>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
-    // on this worker's thread: the upstream pool is per thread
-    let sweeper = tokio::spawn(crate::upstream::sweep_idle());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let _open = ConnectionCount::new(&shared.metrics.active_connections);
-                        let tls = shared.tls.load_full();
-                        match tls {
-                            Some(acceptor) => {
-                                let timeout = shared.routes.load().timeouts.client_header;
-                                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                    Ok(Ok(a)) => {
-                                        let conn = Arc::new(ConnInfo::new(peer, true, a.identity, a.xfcc));
-                                        serve_http(a.stream, a.h2, conn, shared, watcher).await;
-                                    }
-                                    Ok(Err(e)) => {
-                                        let reason = tls::failure_reason(&e);
-                                        shared.metrics.handshake_failed(reason);
-                                        tracing::debug!(%peer, reason, "TLS handshake failed: {e}");
-                                    }
-                                    Err(_) => {
-                                        shared.metrics.handshake_failed("timeout");
-                                        tracing::debug!(%peer, "TLS handshake timed out");
-                                    }
-                                }
-                            }
-                            None => serve_http(tcp, false, Arc::new(ConnInfo::new(peer, false, None, None)), shared, watcher).await,
-                        }
-                    });
+                    tokio::task::spawn_local(serve_conn(tcp, peer, worker.clone(), graceful.watcher()));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -75,47 +53,67 @@ pub async fn serve(
         }
     }
     drop(listener);
-    sweeper.abort();
-    let grace = shared.routes.load().config.proxy.shutdown.grace;
+    let grace = worker.live.routes.load().config.proxy.shutdown.grace;
     let open = graceful.count();
     tracing::info!(
         "stopped accepting; {open} connection(s) get up to {} to finish",
         humantime::format_duration(grace)
     );
+    let grace_text = humantime::format_duration(grace);
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace of {} expired; closing the remaining connections", humantime::format_duration(grace)),
+        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace of {grace_text} expired; closing the remaining connections"),
     }
+}
+
+/// One downstream connection, from the accepted socket to its end.
+async fn serve_conn(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>, watcher: Watcher) {
+    let live = worker.live.clone();
+    let _open = ConnectionCount::new(&live.metrics.active_connections);
+    let timeouts = live.routes.load().timeouts;
+    let Some(acceptor) = live.tls.load_full() else {
+        let conn = ConnInfo::new(peer, false, None, None);
+        return serve_http(tcp, false, conn, timeouts, worker, watcher).await;
+    };
+    let accepted = match tokio::time::timeout(timeouts.client_header, acceptor.accept(tcp)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            let reason = tls::failure_reason(&e);
+            live.metrics.handshake_failed(reason);
+            tracing::debug!(%peer, reason, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            live.metrics.handshake_failed("timeout");
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    drop(acceptor);
+    let conn = ConnInfo::new(peer, true, accepted.identity, accepted.xfcc);
+    serve_http(
+        accepted.stream,
+        accepted.h2,
+        conn,
+        timeouts,
+        worker,
+        watcher,
+    )
+    .await;
 }
 
 /// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2.
-/// Counts a downstream connection in `active_connections` for as long as it lives.
-struct ConnectionCount<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-
-impl<'a> ConnectionCount<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        ConnectionCount(gauge)
-    }
-}
-
-impl Drop for ConnectionCount<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 async fn serve_http<I>(
     io: I,
     h2: bool,
-    conn: Arc<ConnInfo>,
-    shared: &'static Shared,
+    conn: ConnInfo,
+    timeouts: Timeouts,
+    worker: Rc<Worker>,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = shared.routes.load().timeouts;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(LocalExec);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -127,13 +125,43 @@ async fn serve_http<I>(
         .keep_alive_interval(Some(timeouts.idle))
         .keep_alive_timeout(Duration::from_secs(20));
     let peer = conn.peer;
+    let conn = Rc::new(conn);
     let service = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(shared, conn, req).await) }
+        let (worker, conn) = (worker.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await) }
     });
     let io = H1Guard::new(io, timeouts.client_header, timeouts.idle, h2);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, "connection ended: {}", proxy::error_chain(&*e));
+        tracing::debug!(%peer, "connection ended: {}", error_chain(&*e));
+    }
+}
+
+/// hyper's executor for a worker: HTTP/2 stream tasks stay on the worker's thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// Counts a downstream connection in `active_connections` for as long as it lives.
+struct ConnectionCount<'a>(&'a Gauge);
+
+impl<'a> ConnectionCount<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        ConnectionCount(gauge)
+    }
+}
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -246,10 +246,9 @@ async fn unchanged_content_is_not_reloaded() {
     let (v1, v2) = (Backend::spawn("v1").await, Backend::spawn("v2").await);
     let yaml = config(&v1, &v2, 1, 1);
     let proxy = Proxy::start(&yaml).await;
-    let shared = proxy.server.as_ref().unwrap().shared;
     // the same bytes written again, and a manual reload (SIGHUP): nothing to apply
     proxy.rewrite(&yaml);
-    let outcome = splitproxy::reload::apply(shared, "SIGHUP").await;
+    let outcome = proxy.server.as_ref().unwrap().reload().await;
     assert_eq!(outcome, Ok(splitproxy::reload::Outcome::Unchanged));
     assert_eq!(proxy.version(), 1);
 }

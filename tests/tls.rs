@@ -354,19 +354,18 @@ async fn rotated_certificate_serves_new_handshakes_and_a_bad_key_keeps_the_old()
     let other = pki.ca.server(&["localhost".into()]).unwrap();
     rewrite(&pki.dir.path().join("server-key.pem"), &other.key_pem);
     // the file watcher (or a SIGHUP) rejects it and counts the failure
-    let shared = proxy.server.as_ref().unwrap().shared;
-    let _ = splitproxy::reload::apply(shared, "SIGHUP").await;
+    let server = proxy.server.as_ref().unwrap();
+    let _ = server.reload().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !shared
-        .last_errors
-        .load()
-        .as_ref()
-        .is_some_and(|e| e[0].contains("do not form a usable pair"))
+    while !server
+        .last_reload_errors()
+        .first()
+        .is_some_and(|e| e.contains("do not form a usable pair"))
     {
         assert!(
             Instant::now() < deadline,
             "mismatched key not rejected: {:?}",
-            shared.last_errors.load()
+            server.last_reload_errors()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -713,8 +712,11 @@ async fn upstream_mtls_origination_to_a_tls_backend() {
     let other = Ca::new("other").unwrap();
     std::fs::write(d.join("other-ca.pem"), other.cert_pem()).unwrap();
     std::fs::write(&path, service("other-ca.pem")).unwrap();
-    let shared = proxy.server.as_ref().unwrap().shared;
-    splitproxy::reload::apply(shared, "SIGHUP")
+    proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .reload()
         .await
         .expect("valid config");
     let a = get(&client(), &proxy.url("/"), "web").await;

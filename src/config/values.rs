@@ -113,6 +113,13 @@ pub struct Endpoint {
     pub addr: Option<SocketAddr>,
 }
 
+impl Endpoint {
+    /// The address of an IP literal; `None` for a DNS name.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+}
+
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.addr {

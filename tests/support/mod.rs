@@ -279,13 +279,7 @@ impl Proxy {
     }
 
     pub fn version(&self) -> u64 {
-        self.server
-            .as_ref()
-            .expect("running")
-            .shared
-            .routes
-            .load()
-            .version
+        self.server.as_ref().expect("running").version()
     }
 
     /// Wait (bounded) until the live configuration version reaches `version`.

@@ -1,12 +1,18 @@
-//! Errors on the request path and the one place they become responses.
+//! What the client gets back: the response body type, the reasons the proxy answers a
+//! request itself, and the one place those become responses. A body names the route and
+//! the backend service, never an address or an error chain (those go to the log).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use crate::proxy::Body;
+use crate::upstream::{UpstreamBody, UpstreamError};
+
+/// Response body: a backend's streamed body, or a small one the proxy made.
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// Why the proxy answered a request itself instead of relaying a backend's answer.
 #[derive(Debug, thiserror::Error)]
@@ -25,22 +31,24 @@ pub enum ProxyError {
     NoBackend(String),
     #[error("service {0} has no resolved endpoint")]
     NoEndpoint(String),
-    #[error("upstream {service} ({endpoint}) is unreachable: {reason}")]
+    #[error("upstream {service} is unreachable")]
     Connect {
         service: String,
-        endpoint: String,
-        reason: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: UpstreamError,
     },
-    #[error("upstream {service} ({endpoint}) failed: {reason}")]
+    #[error("upstream {service} failed")]
     Upstream {
         service: String,
-        endpoint: String,
-        reason: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: UpstreamError,
     },
-    #[error("upstream {service} ({endpoint}) did not answer within {}", humantime::format_duration(*.after))]
+    #[error("upstream {service} did not answer within {}", humantime::format_duration(*.after))]
     Timeout {
         service: String,
-        endpoint: String,
+        endpoint: SocketAddr,
         after: Duration,
     },
     #[error("{identity} may not call {service}")]
@@ -61,9 +69,35 @@ impl ProxyError {
         }
     }
 
+    /// The endpoint the request went to, when it got that far (for the log).
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            ProxyError::Connect { endpoint, .. }
+            | ProxyError::Upstream { endpoint, .. }
+            | ProxyError::Timeout { endpoint, .. } => Some(*endpoint),
+            _ => None,
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
         local_response(self.status(), format!("{self}\n"))
     }
+}
+
+/// `error: cause: cause ...`, for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper and hyper-util repeat their inner error in their own message
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// A response the proxy makes itself: short plain-text body, `server: splitproxy`.
@@ -90,15 +124,16 @@ mod tests {
         assert_eq!(s(ProxyError::NoRoute("x".into())), 404);
         assert_eq!(s(ProxyError::NoBackend("x".into())), 503);
         assert_eq!(s(ProxyError::NoEndpoint("x".into())), 502);
-        let (service, endpoint) = ("s".to_string(), "e".to_string());
-        assert_eq!(
-            s(ProxyError::Connect {
-                service: service.clone(),
-                endpoint: endpoint.clone(),
-                reason: "r".into()
-            }),
-            502
-        );
+        let (service, endpoint) = ("s".to_string(), SocketAddr::from(([127, 0, 0, 1], 9)));
+        let refused = || UpstreamError::Connect(std::io::ErrorKind::ConnectionRefused.into());
+        let connect = ProxyError::Connect {
+            service: service.clone(),
+            endpoint,
+            source: refused(),
+        };
+        // the body names the service, never the address or the cause
+        assert_eq!(connect.to_string(), "upstream s is unreachable");
+        assert_eq!(s(connect), 502);
         assert_eq!(
             s(ProxyError::Timeout {
                 service,

@@ -1,0 +1,74 @@
+//! The one load pipeline: files -> validated configuration -> TLS acceptor -> routing
+//! table, as a `Loaded` value that nothing has seen yet. `run` starts from it, a reload
+//! swaps it in, `validate` prints it: the three cannot disagree, and a configuration
+//! rejected at any step leaves nothing behind in the live state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{self, Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::tls::Acceptor;
+
+/// A configuration ready to serve.
+pub struct Loaded {
+    pub config: Arc<Config>,
+    /// `None` for a plain-HTTP configuration.
+    pub acceptor: Option<Arc<Acceptor>>,
+    pub table: RoutingTable,
+}
+
+/// Read and validate `path`, build its TLS acceptor and its routing table (as `version`,
+/// reusing what `previous` can lend). `Ok(None)` when the files' fingerprint is
+/// `unchanged_from`: nothing to build. File reads run on the blocking pool.
+pub async fn load(
+    path: &Path,
+    version: u64,
+    metrics: &Metrics,
+    previous: Option<&RoutingTable>,
+    unchanged_from: Option<u64>,
+) -> Result<Option<Loaded>, Vec<ConfigError>> {
+    let config = read(path.to_path_buf()).await?;
+    if unchanged_from == Some(config.fingerprint) {
+        return Ok(None);
+    }
+    let config = Arc::new(config);
+    let acceptor = match &config.proxy.tls {
+        Some(settings) => match Acceptor::new(settings) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                let origin = &config.proxy.origin;
+                return Err(vec![ConfigError {
+                    file: origin.file.to_path_buf(),
+                    document: Some(origin.document),
+                    object: Some(("Proxy".into(), origin.name.clone())),
+                    field: None,
+                    reason: e.to_string(),
+                }]);
+            }
+        },
+        None => None,
+    };
+    let table = RoutingTable::build(config.clone(), version, metrics, previous).await?;
+    Ok(Some(Loaded {
+        config,
+        acceptor,
+        table,
+    }))
+}
+
+/// `config::load` on the blocking pool: file reads stay off the async workers.
+async fn read(path: PathBuf) -> Result<Config, Vec<ConfigError>> {
+    tokio::task::spawn_blocking(move || config::load(&path))
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![ConfigError {
+                file: PathBuf::new(),
+                document: None,
+                object: None,
+                field: None,
+                reason: format!("loader panicked: {e}"),
+            }])
+        })
+}

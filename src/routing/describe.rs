@@ -1,0 +1,116 @@
+//! Text about a table for people: what `validate` prints, and what a reload changed.
+
+use std::fmt::Write as _;
+
+use crate::config::{ClientAuth, Config, TrafficSplit};
+
+use super::RoutingTable;
+
+impl RoutingTable {
+    /// Human-readable table, as `validate` prints it.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let p = &self.config.proxy;
+        let tls = match &p.tls {
+            Some(t) => format!("mTLS, clientAuth {}", client_auth(t.client_auth)),
+            None => "plain HTTP".into(),
+        };
+        let access = format!("{:?}", p.access).to_lowercase();
+        let _ = writeln!(
+            out,
+            "listen {} ({tls}), admin {}, access {access}",
+            p.listen, p.admin
+        );
+        for s in self.splits.iter() {
+            let src = s.source();
+            let _ = writeln!(
+                out,
+                "\nsplit {}/{} ({})",
+                src.namespace,
+                src.name,
+                src.hosts.join(", ")
+            );
+            if !s.matches.is_empty() {
+                let names: Vec<&str> = s.matches.iter().map(|m| m.name.as_str()).collect();
+                let _ = writeln!(out, "  when request matches: {}", names.join(", "));
+            }
+            let total = s.total_weight();
+            for b in s.backends.iter() {
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    100.0 * b.weight as f64 / total as f64
+                };
+                let _ = writeln!(
+                    out,
+                    "  -> {:<24} weight {:<8} {:>6.2}%  {}",
+                    b.service,
+                    b.weight,
+                    share,
+                    b.endpoints.describe()
+                );
+            }
+            if total == 0 {
+                let _ = match &s.fallback {
+                    Some(f) => writeln!(
+                        out,
+                        "  all weights are 0: traffic goes to the root service {} {}",
+                        f.service,
+                        f.endpoints.describe()
+                    ),
+                    None => writeln!(
+                        out,
+                        "  all weights are 0 and spec.services has no {}: requests get 503",
+                        src.service
+                    ),
+                };
+            }
+        }
+        if self.splits.is_empty() {
+            let _ = writeln!(out, "\nno TrafficSplit: every request gets 404");
+        }
+        out
+    }
+}
+
+fn client_auth(mode: ClientAuth) -> &'static str {
+    match mode {
+        ClientAuth::Require => "require",
+        ClientAuth::Optional => "optional",
+        ClientAuth::None => "none",
+    }
+}
+
+/// One line per change between two configurations' splits, for the reload log.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let key = |s: &TrafficSplit| format!("{}/{}", s.namespace, s.name);
+    let weights = |s: &TrafficSplit| {
+        s.backends
+            .iter()
+            .map(|b| format!("{}={}", b.service, b.weight))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for n in &new.splits {
+        match old.splits.iter().find(|o| key(o) == key(n)) {
+            None => out.push(format!("split {} added ({})", key(n), weights(n))),
+            Some(o) if weights(o) != weights(n) || o.service != n.service => out.push(format!(
+                "split {}: {} -> {}",
+                key(n),
+                weights(o),
+                weights(n)
+            )),
+            Some(_) => {}
+        }
+    }
+    for o in &old.splits {
+        if !new.splits.iter().any(|n| key(n) == key(o)) {
+            out.push(format!("split {} removed", key(o)));
+        }
+    }
+    if old.proxy.services != new.proxy.services {
+        out.push("services changed".into());
+    }
+    out
+}

@@ -1,0 +1,335 @@
+//! The routing table: everything a request needs, resolved once per configuration load
+//! and published as one immutable value (`ArcSwap<RoutingTable>` in `live::Live`).
+//!
+//! A request does one hash lookup of its host (already lower-case keys, port stripped),
+//! walks the route's splits (conditional ones first), draws one weighted pick and one
+//! endpoint: `RoutingTable::route` returns all of it as one `Routed`, or the `Refused`
+//! answer with the series it is counted in. No lock, no allocation, no string hashing
+//! beyond that lookup.
+
+mod build;
+pub mod describe;
+pub mod endpoints;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
+use rustc_hash::FxHashMap;
+
+use crate::access::{Policy, Principal};
+use crate::config::{Config, HttpMatch, Timeouts, TrafficSplit};
+use crate::metrics::BackendCounters;
+use crate::response::ProxyError;
+use crate::split::{with_rng, Rendezvous, Schedule, WeightedPicker};
+use crate::upstream::{Tls, Transport};
+
+pub use self::describe::diff;
+pub use self::endpoints::{Endpoints, DNS_REFRESH};
+
+pub struct RoutingTable {
+    /// 1 for the first configuration loaded, +1 per successful reload.
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    pub config: Arc<Config>,
+    pub timeouts: Timeouts,
+    pub expose_backend: bool,
+    hosts: FxHashMap<Box<str>, usize>,
+    routes: Box<[Route]>,
+    splits: Box<[Arc<Split>]>,
+    /// TLS-originating clients of this table, offered to the next build for reuse.
+    tls_clients: Vec<Arc<Tls>>,
+    /// Where requests that reach no split are counted (400 no host, 404 no route).
+    unrouted: BackendCounters,
+}
+
+/// Every split that shares one root service: conditional ones (`spec.matches`) in document
+/// order, then at most one catch-all.
+pub struct Route {
+    splits: Box<[Arc<Split>]>,
+}
+
+pub struct Split {
+    /// The configuration this split was built from, and its place in `config.splits`:
+    /// names, hosts and selection are read from there, not copied (a reload of 1 000
+    /// splits would otherwise spend most of its time allocating them).
+    config: Arc<Config>,
+    index: usize,
+    selector: Selector,
+    matches: Box<[HttpMatch]>,
+    picker: WeightedPicker,
+    pub backends: Box<[Arc<Backend>]>,
+    /// Where an all-zero split sends traffic (the root service, when `spec.services` has it).
+    pub fallback: Option<Arc<Backend>>,
+    /// Who may call this split; `None` under `access: permissive`.
+    pub policy: Option<Policy>,
+    /// Where the split's requests that reach no backend are counted (403, 503).
+    unpicked: BackendCounters,
+}
+
+pub struct Backend {
+    pub service: String,
+    pub weight: u64,
+    /// `x-splitproxy-backend` value, made once.
+    pub header: HeaderValue,
+    pub endpoints: Endpoints,
+    pub transport: Transport,
+    pub counters: BackendCounters,
+    /// The backend's request count when this table was built: `/routes` shows the
+    /// share observed since the last reload without a second counter per request.
+    pub baseline: u64,
+}
+
+/// A routed request: the split, its picked backend and endpoint, and the cookie that keeps
+/// a sticky client where it landed.
+pub struct Routed<'t> {
+    pub split: &'t Split,
+    pub backend: &'t Arc<Backend>,
+    pub addr: SocketAddr,
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// A request the proxy answers itself, and the series that counts it.
+pub struct Refused<'t> {
+    /// Boxed: the happy path's `Result` stays small.
+    pub error: Box<ProxyError>,
+    pub counters: &'t BackendCounters,
+}
+
+// === impl RoutingTable ===
+
+impl RoutingTable {
+    /// Route one request: host -> route -> split (matches) -> access -> backend -> endpoint.
+    /// `principal`/`caller`: the verified client, for `access: enforce` and its 403.
+    #[inline]
+    pub fn route<'t, B>(
+        &'t self,
+        req: &Request<B>,
+        principal: Option<&Principal>,
+        caller: &str,
+    ) -> Result<Routed<'t>, Refused<'t>> {
+        let refuse = |counters, error| Refused {
+            error: Box::new(error),
+            counters,
+        };
+        let Some(host) = request_host(req) else {
+            return Err(refuse(&self.unrouted, ProxyError::NoHost));
+        };
+        let Some(route) = self.lookup(host) else {
+            return Err(refuse(
+                &self.unrouted,
+                ProxyError::NoRoute(host.to_string()),
+            ));
+        };
+        let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
+        let Some(split) = route.select(method, path, headers) else {
+            let error = ProxyError::NoMatch {
+                host: host.to_string(),
+                method: method.clone(),
+                path: path.to_string(),
+            };
+            return Err(refuse(&self.unrouted, error));
+        };
+        if let Some(policy) = &split.policy {
+            if !policy.allows(principal, method, path, headers) {
+                let error = ProxyError::Forbidden {
+                    identity: caller.to_string(),
+                    service: split.source().service.clone(),
+                };
+                return Err(refuse(&split.unpicked, error));
+            }
+        }
+        let (backend, set_cookie) = split.pick(headers);
+        let Some(backend) = backend else {
+            let src = split.source();
+            let error = ProxyError::NoBackend(format!("{}/{}", src.namespace, src.name));
+            return Err(refuse(&split.unpicked, error));
+        };
+        let Some(addr) = backend.endpoints.pick() else {
+            let error = ProxyError::NoEndpoint(backend.service.clone());
+            return Err(refuse(&backend.counters, error));
+        };
+        Ok(Routed {
+            split,
+            backend,
+            addr,
+            set_cookie,
+        })
+    }
+
+    /// The route for a request's host (`Host` or `:authority`): port ignored,
+    /// case-insensitive, trailing dot ignored.
+    #[inline]
+    pub fn lookup(&self, host: &str) -> Option<&Route> {
+        let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.hosts.get(host).map(|&i| &self.routes[i]);
+        }
+        // lower-case on the stack: host names are at most 253 bytes
+        let mut buf = [0u8; 256];
+        let bytes = host.as_bytes();
+        if bytes.len() > buf.len() {
+            return None;
+        }
+        for (d, s) in buf.iter_mut().zip(bytes) {
+            *d = s.to_ascii_lowercase();
+        }
+        let lower = std::str::from_utf8(&buf[..bytes.len()]).ok()?;
+        self.hosts.get(lower).map(|&i| &self.routes[i])
+    }
+
+    pub fn splits(&self) -> &[Arc<Split>] {
+        &self.splits
+    }
+}
+
+/// The host the client addressed: `:authority` (h2, absolute-form) or `Host`.
+#[inline]
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+}
+
+/// `host:port` -> `host`; `[v6]:port` -> `[v6]`.
+#[inline]
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    /// The first split whose `spec.matches` accept the request, or the catch-all.
+    #[inline]
+    pub fn select(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Arc<Split>> {
+        self.splits.iter().find(|s| {
+            s.matches.is_empty() || s.matches.iter().any(|m| m.accepts(method, path, headers))
+        })
+    }
+}
+
+impl HttpMatch {
+    pub fn accepts(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.contains(method) {
+                return false;
+            }
+        }
+        if let Some(re) = &self.path {
+            if !re.is_match(path) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, re)| {
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().map(|v| re.is_match(v)).unwrap_or(false))
+        })
+    }
+}
+
+// === impl Split ===
+
+/// How one split chooses, compiled from its `Selection`.
+enum Selector {
+    /// Every weight is 0: the fallback (root service) or nothing.
+    Fallback,
+    Random,
+    Deterministic(Schedule),
+    StickyHeader(HeaderName, Rendezvous),
+    StickyCookie(String, Rendezvous),
+}
+
+impl Split {
+    /// The `TrafficSplit` document as loaded: name, namespace, service, hosts, selection.
+    pub fn source(&self) -> &TrafficSplit {
+        &self.config.splits[self.index]
+    }
+
+    /// The backend for one request, by the split's selection policy, or the fallback when
+    /// every weight is 0. With a sticky cookie missing from the request, also the
+    /// `set-cookie` value that keeps the client on the backend it got.
+    #[inline]
+    pub fn pick(&self, headers: &HeaderMap) -> (Option<&Arc<Backend>>, Option<HeaderValue>) {
+        let mut cookie = None;
+        let index = match &self.selector {
+            Selector::Fallback => None,
+            Selector::Random => self.picker.pick(),
+            Selector::Deterministic(schedule) => Some(schedule.pick()),
+            Selector::StickyHeader(name, hash) => match headers.get(name) {
+                Some(key) => hash.pick(key.as_bytes()),
+                None => self.picker.pick(),
+            },
+            Selector::StickyCookie(name, hash) => match cookie_value(headers, name) {
+                Some(key) => hash.pick(key),
+                None => {
+                    // a fresh random key: rendezvous on a random key is a weighted random pick
+                    let key = format!("{:016x}", with_rng(rand::Rng::random::<u64>));
+                    let index = hash.pick(key.as_bytes());
+                    if index.is_some() {
+                        cookie = HeaderValue::try_from(format!("{name}={key}; Path=/")).ok();
+                    }
+                    index
+                }
+            },
+        };
+        match index {
+            Some(i) => (Some(&self.backends[i]), cookie),
+            None => (self.fallback.as_ref(), None),
+        }
+    }
+
+    pub fn total_weight(&self) -> u64 {
+        self.picker.total()
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(header::COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (k == name.as_bytes()).then_some(&v[1..])
+        })
+    })
+}
+
+// === impl Backend ===
+
+impl Backend {
+    /// Requests answered by this backend since the table was built.
+    pub fn observed(&self) -> u64 {
+        self.counters.total().saturating_sub(self.baseline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_port_forms() {
+        assert_eq!(strip_port("a.b:8080"), "a.b");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

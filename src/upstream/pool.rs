@@ -1,0 +1,100 @@
+//! One worker's idle plain HTTP/1.1 connections to backends. A worker is one thread with a
+//! current-thread runtime and every task of its connections is local to it, so the pool
+//! is a `RefCell` behind an `Rc`: taking or returning a connection costs no lock, no
+//! atomic and no task wake-up.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use rustc_hash::FxHashMap;
+
+/// How long an idle pooled upstream connection is kept (hyper-util's client default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint and worker; the least recently used goes first when
+/// more come back (nginx's `keepalive N`; with the default, a worker can serve 256
+/// concurrent requests to one endpoint and keep every connection for the next burst).
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+pub struct Pool {
+    /// Idle connections by endpoint, most recently used last.
+    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Rc<Pool> {
+        Rc::new(Pool {
+            idle: RefCell::default(),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// The most recently used open idle connection to `addr`; closed ones are dropped.
+    pub fn take(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(i) = list.pop() {
+            if !i.sender.is_closed() {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    /// Return a connection whose response has ended. Over the cap, or idle too long at the
+    /// front of the list, the oldest ones are closed.
+    pub fn put(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        let expired = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .count();
+        let over = (list.len() - expired + 1).saturating_sub(self.max_idle);
+        list.drain(..expired + over);
+        list.push(Idle { sender, since: now });
+    }
+
+    /// Idle connections to `addr` (for tests and `/routes`-style introspection).
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.idle.borrow().get(&addr).map_or(0, Vec::len)
+    }
+
+    /// Close connections idle longer than the idle timeout, every third of it, until the
+    /// pool is dropped (endpoints without traffic never call `put`, which also expires).
+    pub async fn sweep(pool: Weak<Pool>) {
+        let Some(period) = pool.upgrade().map(|p| p.idle_timeout / 3) else {
+            return;
+        };
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            let now = Instant::now();
+            let mut idle = pool.idle.borrow_mut();
+            for list in idle.values_mut() {
+                list.retain(|i| {
+                    !i.sender.is_closed() && now.duration_since(i.since) < pool.idle_timeout
+                });
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+    }
+}
