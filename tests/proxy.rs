@@ -470,6 +470,58 @@ async fn admin_endpoints_answer() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answers_are_counted() {
+    let v1 = Backend::spawn("v1").await;
+    // "zero" has every weight at 0 and no root service to fall back to: 503
+    let yaml = proxy_doc(&[("web-v1", v1.addr)], "")
+        + &split_doc("web-split", "web", &[("web-v1", 1)])
+        + &split_doc("zero", "nothing", &[("web-v1", 0)]);
+    let proxy = Proxy::start(&yaml).await;
+    let c = client();
+    let series = |split: &str, backend: &str, code: &str| {
+        format!(
+            "splitproxy_requests_total{{split=\"{split}\",backend=\"{backend}\",code=\"{code}\"}}"
+        )
+    };
+    let count = |metrics: &str, name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {name}: {metrics}"))
+    };
+    let (_, before) = admin_get(&proxy, "/metrics").await;
+    // every series exists from the load, at 0
+    assert_eq!(count(&before, &series("(none)", "(none)", "4xx")), 0);
+    assert_eq!(count(&before, &series("default/zero", "(none)", "5xx")), 0);
+
+    for _ in 0..3 {
+        assert_eq!(
+            get(&c, &proxy.url("/"), "unknown").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            get(&c, &proxy.url("/"), "nothing").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    assert_eq!(get(&c, &proxy.url("/"), "web").await.status, StatusCode::OK);
+    let (_, after) = admin_get(&proxy, "/metrics").await;
+    assert_eq!(count(&after, &series("(none)", "(none)", "4xx")), 3);
+    assert_eq!(count(&after, &series("default/zero", "(none)", "5xx")), 2);
+    assert_eq!(
+        count(&after, &series("default/web-split", "web-v1", "2xx")),
+        1
+    );
+    // their durations are observed too
+    let durations =
+        "splitproxy_request_duration_seconds_count{split=\"(none)\",backend=\"(none)\"}";
+    assert_eq!(count(&after, durations), 3);
+}
+
 async fn read_all(tcp: &mut tokio::net::TcpStream) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;

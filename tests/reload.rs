@@ -252,3 +252,75 @@ async fn unchanged_content_is_not_reloaded() {
     assert_eq!(outcome, Ok(splitproxy::reload::Outcome::Unchanged));
     assert_eq!(proxy.version(), 1);
 }
+
+/// A listener whose accept queue is full: connects to it hang instead of being refused.
+fn black_hole() -> (
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+    std::net::SocketAddr,
+) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // a backlog of 0 holds one connection; every SYN after it is dropped
+    let fillers = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (socket, fillers, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_configuration_changes_no_timeout() {
+    let (_hole, _fillers, hole) = black_hole();
+    // the upstream timeout is shorter than the connect timeout: a hanging connect is a 504
+    let good = |connect: &str, extra_service: &str| {
+        proxy_doc(
+            &[("hole", hole)],
+            &format!("timeouts:\n  connect: {connect}\n  upstream: 400ms"),
+        ) + extra_service
+            + &split_doc("s", "web", &[("hole", 1)])
+    };
+    let proxy = Proxy::start(&good("10s", "")).await;
+    let c = client();
+    assert_eq!(
+        get(&c, &proxy.url("/"), "web").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+
+    // a shorter connect timeout in a configuration whose table build fails (an upstream CA
+    // that exists but is no certificate): nothing of it may take effect
+    std::fs::write(
+        proxy.dir.path().join("bad-ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let tls_service =
+        "    broken:\n      endpoints: [\"127.0.0.1:9\"]\n      tls:\n        ca: bad-ca.pem\n";
+    proxy.rewrite(&good("50ms", tls_service));
+    let server = proxy.server.as_ref().unwrap();
+    let errors = server.reload().await;
+    assert!(
+        server
+            .last_reload_errors()
+            .iter()
+            .any(|e| e.contains("spec.services.broken.tls")),
+        "{errors:?} {:?}",
+        server.last_reload_errors()
+    );
+    assert_eq!(proxy.version(), 1);
+    // the 50ms connect timeout would answer 502 before the 400ms upstream timeout
+    let a = get(&c, &proxy.url("/"), "web").await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+
+    // the same timeout in a valid configuration does take effect: 502
+    proxy.rewrite(&good("50ms", ""));
+    proxy.wait_version(2).await;
+    let a = get(&c, &proxy.url("/"), "web").await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.body);
+}

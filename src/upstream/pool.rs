@@ -98,3 +98,55 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+
+    /// A backend that accepts any number of connections and never answers: enough for
+    /// handshakes, and every connection stays open.
+    async fn backend() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        addr
+    }
+
+    async fn connection(addr: SocketAddr) -> SendRequest<Incoming> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_connections_are_capped_per_endpoint_and_expire() {
+        let (a, b) = (backend().await, backend().await);
+        let pool = Pool::new(2, Duration::from_secs(3600));
+        for _ in 0..4 {
+            let sender = connection(a).await;
+            pool.put(a, sender);
+        }
+        pool.put(b, connection(b).await);
+        assert_eq!(pool.idle_count(a), 2, "capped at 2, the oldest closed");
+        assert_eq!(pool.idle_count(b), 1, "the cap is per endpoint");
+        assert!(pool.take(a).is_some());
+        assert!(pool.take(a).is_some());
+        assert!(pool.take(a).is_none());
+
+        // idle past the timeout: closed when the next one comes back
+        let pool = Pool::new(8, Duration::from_millis(1));
+        pool.put(a, connection(a).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        pool.put(a, connection(a).await);
+        assert_eq!(pool.idle_count(a), 1);
+    }
+}
