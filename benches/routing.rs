@@ -177,5 +177,26 @@ fn policies(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick, lookup, threads, build, policies);
+/// What the retired string interner saved: cloning and dropping a `'static` `Authority`
+/// (a pointer copy) against a shared one (an atomic increment and decrement), next to the
+/// `Arc<Backend>` clone every request makes and the address copy it makes now.
+fn refcount(c: &mut Criterion) {
+    let mut g = c.benchmark_group("clone_drop");
+    let fixed = http::uri::Authority::from_static("127.0.0.1:8081");
+    let shared = http::uri::Authority::try_from(String::from("127.0.0.1:8081")).unwrap();
+    let _warm = shared.clone(); // the first clone of owned bytes makes them shared
+    let arc = Arc::new(0u64);
+    let addr: std::net::SocketAddr = "127.0.0.1:8081".parse().unwrap();
+    g.bench_function("authority_static", |b| {
+        b.iter(|| black_box(black_box(&fixed).clone()))
+    });
+    g.bench_function("authority_shared", |b| {
+        b.iter(|| black_box(black_box(&shared).clone()))
+    });
+    g.bench_function("arc", |b| b.iter(|| black_box(black_box(&arc).clone())));
+    g.bench_function("socket_addr", |b| b.iter(|| black_box(*black_box(&addr))));
+    g.finish();
+}
+
+criterion_group!(benches, pick, lookup, threads, build, policies, refcount);
 criterion_main!(benches);

@@ -1,30 +1,35 @@
 //! splitproxy: a small L7 reverse proxy that terminates mTLS and splits traffic between
 //! backends by weight, following SMI `TrafficSplit` documents that it reloads live.
 //!
-//! # The life of a request
+//! # The life of a request (one worker thread, nothing shared but `live::Live`)
 //!
 //! ```text
-//! server::serve        accept; TLS handshake (tls::Acceptor) -> ConnInfo (peer, XFCC)
-//!   hyper-util auto    HTTP/1.1 or HTTP/2
-//!   proxy::handle      outer: errors -> the proxy's own responses (error::ProxyError)
-//!   proxy::forward     routes.load() -> RoutingTable::lookup(host) -> Route::select
-//!                      -> Split::pick (split::WeightedPicker) -> Backend::endpoint
-//!                      -> headers rewritten -> upstream::Upstream (pooled) -> response
+//! server::serve        accept -> server::serve_conn: TLS handshake (tls::Acceptor),
+//!                      ConnInfo (peer, identity, XFCC), hyper-util auto (HTTP/1.1 or h2)
+//! proxy::handle        timer starts; live.routes.load() -> RoutingTable::route:
+//!                      host -> Route -> Split (matches, access) -> Backend -> endpoint
+//!                      = routing::Routed, or routing::Refused (404, 403, 503, ...)
+//!   Forward::send      headers rewritten -> upstream::Upstream::send: the worker's
+//!                      plain pool or the backend's TLS client -> response headers
+//!   proxy::answer      response::ProxyError -> the proxy's own answer; metrics, once
 //! ```
 //!
 //! # The life of a configuration
 //!
 //! ```text
-//! reload::watch (notify, debounce) -> config::load (raw serde -> validated Config)
-//!   -> RoutingTable::build (off the request path) -> ArcSwap::store -> next request
+//! reload::ConfigWatch (notify, debounce, SIGHUP) -> load::load: config::load (files ->
+//!   raw serde -> validated Config) -> tls::Acceptor -> RoutingTable::build = Loaded
+//!   -> reload::Reloader: ArcSwap::store (table, acceptor) -> next request
+//! app::Server::start and `validate` run the same load::load
 //! ```
 //!
-//! Modules: `config` (documents and validation), `routing` (the immutable table),
-//! `split` (weighted random, deterministic schedule, rendezvous hashing), `access`
-//! (TrafficTarget policy), `proxy`, `upstream` (pooled plain and TLS clients), `server`,
-//! `h1guard` (HTTP/1.1 head and idle timeouts), `tls`, `identity`, `reload`, `admin`,
-//! `metrics`, `app` (wiring and shutdown), `pki` (development certificates), `measure`
-//! (load and split verdict), `stats` (chi-square), `demo`.
+//! Modules of the proxy: `app` (wiring, workers, shutdown), `server`, `h1guard` (HTTP/1.1
+//! head and idle timeouts), `tls`, `identity`, `proxy`, `response` (body type, the proxy's
+//! own answers), `routing` (the immutable table; `endpoints`: DNS; `describe`), `split`
+//! (weighted random, deterministic schedule, rendezvous hashing), `access` (TrafficTarget
+//! policy), `upstream` (`pool`: per-worker HTTP/1.1, `tls`: HTTPS clients), `live` (what
+//! the request path reads), `load` (the one pipeline), `reload`, `admin`, `metrics`,
+//! `config` (documents and validation). The tool commands live under `cmd`.
 
 #![forbid(unsafe_code)]
 
