@@ -1,0 +1,238 @@
+//! The `Proxy` document: listeners, TLS, access mode, timeouts, shutdown and the backend
+//! services with their endpoints and upstream TLS.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Validator;
+use crate::config::{
+    raw, values, AccessMode, ClientAuth, Origin, Proxy, Service, ShutdownSettings, Timeouts,
+    TlsSettings, UpstreamTls, DEFAULT_ADMIN, DEFAULT_LISTEN,
+};
+
+impl Validator {
+    pub(super) fn proxy(&mut self, origin: Origin, doc: raw::ProxyDoc) -> Option<Proxy> {
+        let before = self.errors.len();
+        let spec = doc.spec;
+        let dir = origin
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut addr = |field: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_string());
+            values::parse_listen(&text)
+                .map_err(|e| self.errors.push(origin.error(field, e)))
+                .ok()
+        };
+        let listen = addr("spec.listen", spec.listen, DEFAULT_LISTEN);
+        let admin = addr("spec.admin", spec.admin, DEFAULT_ADMIN);
+
+        let tls = spec.tls.and_then(|t| {
+            let resolve = |p: &str| dir.join(p);
+            let mut file = |field: &str, p: &str| {
+                let path = resolve(p);
+                match std::fs::metadata(&path) {
+                    Ok(_) => Some(path),
+                    Err(e) => {
+                        self.errors.push(origin.error(field, format!("cannot read {}: {e}", path.display())));
+                        None
+                    }
+                }
+            };
+            let cert = file("spec.tls.cert", &t.cert);
+            let key = file("spec.tls.key", &t.key);
+            let client_ca = match &t.client_ca {
+                Some(p) => Some(file("spec.tls.clientCA", p)?),
+                None => None,
+            };
+            let client_auth = match t.client_auth.as_deref() {
+                None if client_ca.is_some() => ClientAuth::Require,
+                None => ClientAuth::None,
+                Some("require") => ClientAuth::Require,
+                Some("optional") => ClientAuth::Optional,
+                Some("none") => ClientAuth::None,
+                Some(other) => {
+                    self.errors.push(origin.error(
+                        "spec.tls.clientAuth",
+                        format!("must be one of require, optional, none; got {other:?}"),
+                    ));
+                    return None;
+                }
+            };
+            if client_auth != ClientAuth::None && client_ca.is_none() {
+                self.errors.push(origin.error(
+                    "spec.tls.clientCA",
+                    "required when clientAuth is require or optional (the CA that signs client certificates)",
+                ));
+                return None;
+            }
+            Some(TlsSettings { cert: cert?, key: key?, client_ca, client_auth })
+        });
+        if tls.is_none() && self.errors.len() == before {
+            tracing::warn!("{origin} (Proxy {}): no spec.tls block: serving plain HTTP without TLS or client authentication", origin.name);
+        }
+
+        let access = match spec.access.as_deref() {
+            None | Some("permissive") => AccessMode::Permissive,
+            Some("enforce") => AccessMode::Enforce,
+            Some(other) => {
+                self.errors.push(origin.error(
+                    "spec.access",
+                    format!("must be permissive or enforce, got {other:?}"),
+                ));
+                AccessMode::Permissive
+            }
+        };
+
+        let mut duration =
+            |field: &str, value: Option<String>, default: Duration, positive: bool| match value {
+                None => default,
+                Some(text) => match values::parse_duration(&text) {
+                    Ok(d) if positive && d.is_zero() => {
+                        self.errors.push(
+                            origin.error(field, format!("must be greater than 0, got {text:?}")),
+                        );
+                        default
+                    }
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.errors.push(origin.error(field, e));
+                        default
+                    }
+                },
+            };
+        let t = spec.timeouts.unwrap_or_default();
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: duration("spec.timeouts.connect", t.connect, d.connect, true),
+            upstream: duration("spec.timeouts.upstream", t.upstream, d.upstream, true),
+            client_header: duration(
+                "spec.timeouts.clientHeader",
+                t.client_header,
+                d.client_header,
+                true,
+            ),
+            idle: duration("spec.timeouts.idle", t.idle, d.idle, true),
+        };
+        let s = spec.shutdown.unwrap_or_default();
+        let d = ShutdownSettings::default();
+        let shutdown = ShutdownSettings {
+            delay: duration("spec.shutdown.delay", s.delay, d.delay, false),
+            grace: duration("spec.shutdown.grace", s.grace, d.grace, false),
+        };
+
+        let mut services = BTreeMap::new();
+        for (name, value) in spec.services {
+            let field = format!("spec.services.{name}");
+            // a plain list of endpoints, or a mapping with endpoints and upstream TLS
+            let (endpoints, tls_raw, list_field) = if value.is_sequence() {
+                match serde_path_to_error::deserialize::<_, Vec<String>>(value) {
+                    Ok(list) => (list, None, field.clone()),
+                    Err(e) => {
+                        self.errors.push(origin.error(
+                            format!("{field}{}", seq_path(e.path())),
+                            e.into_inner().to_string(),
+                        ));
+                        continue;
+                    }
+                }
+            } else if value.is_mapping() {
+                match serde_path_to_error::deserialize::<_, raw::Service>(value) {
+                    Ok(svc) => (svc.endpoints, svc.tls, format!("{field}.endpoints")),
+                    Err(e) => {
+                        self.errors.push(
+                            origin
+                                .error(format!("{field}.{}", e.path()), e.into_inner().to_string()),
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                self.errors.push(origin.error(
+                    &field,
+                    "expected a list of host:port endpoints, or a mapping with endpoints and tls",
+                ));
+                continue;
+            };
+            let tls = tls_raw.and_then(|t| {
+                let mut file = |f: &str, p: &str| {
+                    let path = dir.join(p);
+                    match std::fs::metadata(&path) {
+                        Ok(_) => Some(path),
+                        Err(e) => {
+                            self.errors.push(origin.error(
+                                format!("{field}.tls.{f}"),
+                                format!("cannot read {}: {e}", path.display()),
+                            ));
+                            None
+                        }
+                    }
+                };
+                let ca = file("ca", &t.ca)?;
+                let client = match (t.cert, t.key) {
+                    (Some(c), Some(k)) => Some((file("cert", &c)?, file("key", &k)?)),
+                    (None, None) => None,
+                    _ => {
+                        self.errors.push(origin.error(
+                            format!("{field}.tls"),
+                            "cert and key go together (client certificate for mTLS origination)",
+                        ));
+                        return None;
+                    }
+                };
+                Some(UpstreamTls {
+                    ca,
+                    server_name: t.server_name,
+                    client,
+                })
+            });
+            if endpoints.is_empty() {
+                self.errors
+                    .push(origin.error(&field, "must list at least one endpoint (host:port)"));
+                continue;
+            }
+            let mut parsed = Vec::with_capacity(endpoints.len());
+            for (i, text) in endpoints.iter().enumerate() {
+                match values::parse_endpoint(text) {
+                    Ok(e) => parsed.push(e),
+                    Err(e) => self
+                        .errors
+                        .push(origin.error(format!("{list_field}[{i}]"), e)),
+                }
+            }
+            services.insert(
+                name,
+                Service {
+                    endpoints: parsed,
+                    tls,
+                },
+            );
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(Proxy {
+            origin,
+            listen: listen?,
+            admin: admin?,
+            tls,
+            access,
+            timeouts,
+            shutdown,
+            expose_backend: spec.expose_backend.unwrap_or(false),
+            services,
+        })
+    }
+}
+
+/// `[3]` for a sequence path `3`, as our field paths write list indexes.
+fn seq_path(path: &serde_path_to_error::Path) -> String {
+    let p = path.to_string();
+    if p == "." {
+        String::new()
+    } else {
+        format!("[{p}]")
+    }
+}
