@@ -1,5 +1,8 @@
-//! Which files a config path means: the file itself, or a folder's YAML files.
+//! Which files a config path means (the file itself, or a folder's YAML files), reading
+//! them, and the fingerprint of everything read.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use super::error::file_error;
@@ -33,4 +36,36 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, Box<ConfigError>> {
         )));
     }
     Ok(files)
+}
+
+/// One YAML file's text.
+pub(super) fn read(file: &Path) -> Result<String, Box<ConfigError>> {
+    std::fs::read_to_string(file)
+        .map_err(|e| Box::new(file_error(file, format!("cannot read: {e}"))))
+}
+
+/// A hash of the names and contents of the files a configuration is made of: equal
+/// fingerprints mean nothing changed, so a reload can skip an unchanged configuration.
+#[derive(Default)]
+pub(super) struct Fingerprint(DefaultHasher);
+
+impl Fingerprint {
+    /// A YAML file, as read.
+    pub fn add_text(&mut self, file: &Path, text: &str) {
+        file.hash(&mut self.0);
+        text.hash(&mut self.0);
+    }
+
+    /// A file the documents name (TLS material). One that cannot be read now is left
+    /// out: validation found it, and loading the TLS material reports what is wrong.
+    pub fn add_file(&mut self, file: &Path) {
+        if let Ok(bytes) = std::fs::read(file) {
+            file.hash(&mut self.0);
+            bytes.hash(&mut self.0);
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0.finish()
+    }
 }

@@ -22,8 +22,7 @@ pub mod raw;
 mod validate;
 pub mod values;
 
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 pub use error::{ConfigError, Origin};
@@ -36,7 +35,7 @@ pub use model::{
 pub use validate::split::host_forms;
 pub use values::Endpoint;
 
-use error::file_error;
+use files::Fingerprint;
 use loader::Loader;
 
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -53,55 +52,30 @@ pub const KNOWN_ANNOTATIONS: &[&str] = &[
 
 /// Load and validate the configuration at `path` (a file or a folder of `*.yaml`/`*.yml`).
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let files = config_files(path).map_err(|e| vec![*e])?;
+    let mut fingerprint = Fingerprint::default();
     let mut loader = Loader::default();
-    let files = match config_files(path) {
-        Ok(files) => files,
-        Err(e) => return Err(vec![*e]),
-    };
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for file in &files {
-        match std::fs::read_to_string(file) {
+        match files::read(file) {
             Ok(text) => {
-                file.hash(&mut hasher);
-                text.hash(&mut hasher);
+                fingerprint.add_text(file, &text);
                 loader.parse_file(Arc::from(file.as_path()), &text);
             }
-            Err(e) => loader
-                .errors
-                .push(file_error(file, format!("cannot read: {e}"))),
+            Err(e) => loader.errors.push(*e),
         }
     }
-    let mut config = validate::validate(path, loader.docs, loader.errors)?;
+    let valid = validate::validate(path, loader.docs, loader.errors)?;
     // TLS files are part of the configuration: a rotated certificate is a change.
-    if let Some(tls) = &config.proxy.tls {
-        for file in [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            if let Ok(bytes) = std::fs::read(file) {
-                file.hash(&mut hasher);
-                bytes.hash(&mut hasher);
-            }
-            config.files.push(file.clone());
-        }
+    for file in &valid.named_files {
+        fingerprint.add_file(file);
     }
-    let upstream_files: Vec<PathBuf> = config
-        .proxy
-        .services
-        .values()
-        .filter_map(|s| s.tls.as_ref())
-        .flat_map(|t| {
-            std::iter::once(t.ca.clone())
-                .chain(t.client.iter().flat_map(|(c, k)| [c.clone(), k.clone()]))
-        })
-        .collect();
-    for file in upstream_files {
-        if let Ok(bytes) = std::fs::read(&file) {
-            file.hash(&mut hasher);
-            bytes.hash(&mut hasher);
-        }
-        config.files.push(file);
-    }
-    config.fingerprint = hasher.finish();
-    Ok(config)
+    Ok(Config {
+        path: path.to_path_buf(),
+        files: valid.named_files,
+        fingerprint: fingerprint.finish(),
+        proxy: valid.proxy,
+        splits: valid.splits,
+        route_groups: valid.route_groups,
+        targets: valid.targets,
+    })
 }

@@ -15,9 +15,10 @@ use super::{Endpoint, Origin};
 pub struct Config {
     /// The path given on the command line (file or folder).
     pub path: PathBuf,
-    /// Every file read: the YAML files, then the TLS files they name.
+    /// The other files the documents name (TLS certificates, keys, CAs), in the order
+    /// they name them; a reload watches their folders too.
     pub files: Vec<PathBuf>,
-    /// Hash of the contents of `files`: equal fingerprints mean nothing changed.
+    /// Hash of the YAML files and of `files`: equal fingerprints mean nothing changed.
     pub fingerprint: u64,
     pub proxy: Proxy,
     pub splits: Vec<TrafficSplit>,

@@ -7,15 +7,51 @@ mod proxy;
 mod routes;
 pub(super) mod split;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::error::file_error;
 use super::loader::Documents;
-use super::{Config, ConfigError, HttpRouteGroup};
+use super::{ConfigError, HttpRouteGroup, Origin, Proxy, TrafficSplit, TrafficTarget};
 
-/// The errors found so far; each kind's validation adds to them.
+/// A valid configuration's documents, and the other files they name.
+pub(super) struct Validated {
+    pub proxy: Proxy,
+    pub splits: Vec<TrafficSplit>,
+    pub route_groups: Vec<HttpRouteGroup>,
+    pub targets: Vec<TrafficTarget>,
+    /// TLS certificates, keys and CAs, in the order the documents name them.
+    pub named_files: Vec<PathBuf>,
+}
+
 struct Validator {
+    /// The errors found so far; each kind's validation adds to them.
     errors: Vec<ConfigError>,
+    named_files: Vec<PathBuf>,
+}
+
+impl Validator {
+    /// The file `name` (relative to `dir`, the folder of the document naming it), when it
+    /// exists; it is then part of the configuration, so its changes are changes of it.
+    fn named_file(
+        &mut self,
+        origin: &Origin,
+        field: impl Into<String>,
+        dir: &Path,
+        name: &str,
+    ) -> Option<PathBuf> {
+        let path = dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(_) => {
+                self.named_files.push(path.clone());
+                Some(path)
+            }
+            Err(e) => {
+                self.errors
+                    .push(origin.error(field, format!("cannot read {}: {e}", path.display())));
+                None
+            }
+        }
+    }
 }
 
 /// Validate every document; `errors` are those found while reading them. Fails when
@@ -24,8 +60,11 @@ pub(super) fn validate(
     path: &Path,
     docs: Documents,
     errors: Vec<ConfigError>,
-) -> Result<Config, Vec<ConfigError>> {
-    let mut v = Validator { errors };
+) -> Result<Validated, Vec<ConfigError>> {
+    let mut v = Validator {
+        errors,
+        named_files: Vec::new(),
+    };
     let mut proxies = docs.proxies.into_iter();
     let proxy_doc = proxies.next();
     if let Some((first, _)) = &proxy_doc {
@@ -62,14 +101,12 @@ pub(super) fn validate(
         .filter_map(|(o, d)| v.target(o, d, &route_groups))
         .collect();
     match proxy {
-        Some(proxy) if v.errors.is_empty() => Ok(Config {
-            path: path.to_path_buf(),
-            files: Vec::new(),
-            fingerprint: 0,
+        Some(proxy) if v.errors.is_empty() => Ok(Validated {
             proxy,
             splits,
             route_groups,
             targets,
+            named_files: v.named_files,
         }),
         _ => Err(v.errors),
     }

@@ -30,21 +30,10 @@ impl Validator {
         let admin = addr("spec.admin", spec.admin, DEFAULT_ADMIN);
 
         let tls = spec.tls.and_then(|t| {
-            let resolve = |p: &str| dir.join(p);
-            let mut file = |field: &str, p: &str| {
-                let path = resolve(p);
-                match std::fs::metadata(&path) {
-                    Ok(_) => Some(path),
-                    Err(e) => {
-                        self.errors.push(origin.error(field, format!("cannot read {}: {e}", path.display())));
-                        None
-                    }
-                }
-            };
-            let cert = file("spec.tls.cert", &t.cert);
-            let key = file("spec.tls.key", &t.key);
+            let cert = self.named_file(&origin, "spec.tls.cert", &dir, &t.cert);
+            let key = self.named_file(&origin, "spec.tls.key", &dir, &t.key);
             let client_ca = match &t.client_ca {
-                Some(p) => Some(file("spec.tls.clientCA", p)?),
+                Some(p) => Some(self.named_file(&origin, "spec.tls.clientCA", &dir, p)?),
                 None => None,
             };
             let client_auth = match t.client_auth.as_deref() {
@@ -158,17 +147,7 @@ impl Validator {
             };
             let tls = tls_raw.and_then(|t| {
                 let mut file = |f: &str, p: &str| {
-                    let path = dir.join(p);
-                    match std::fs::metadata(&path) {
-                        Ok(_) => Some(path),
-                        Err(e) => {
-                            self.errors.push(origin.error(
-                                format!("{field}.tls.{f}"),
-                                format!("cannot read {}: {e}", path.display()),
-                            ));
-                            None
-                        }
-                    }
+                    self.named_file(&origin, format!("{field}.tls.{f}"), &dir, p)
                 };
                 let ca = file("ca", &t.ca)?;
                 let client = match (t.cert, t.key) {
