@@ -274,10 +274,7 @@ impl RoutingTable {
         let mut out = String::new();
         let p = &self.config.proxy;
         let tls = match &p.tls {
-            Some(t) => format!(
-                "mTLS, clientAuth {}",
-                format!("{:?}", t.client_auth).to_lowercase()
-            ),
+            Some(t) => format!("mTLS, clientAuth {}", t.client_auth.name()),
             None => "plain HTTP".into(),
         };
         let access = format!("{:?}", p.access).to_lowercase();

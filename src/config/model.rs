@@ -60,15 +60,30 @@ pub struct UpstreamTls {
 pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Client certificates (`spec.tls.clientAuth`), with the CA that verifies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAuth {
-    Require,
-    Optional,
+    /// Every client presents a certificate signed by this CA.
+    Require(PathBuf),
+    /// A certificate, when presented, must be signed by this CA; clients without one are
+    /// served without an identity.
+    Optional(PathBuf),
+    /// No client certificates are asked for.
     None,
+}
+
+impl ClientAuth {
+    /// As `spec.tls.clientAuth` writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientAuth::Require(_) => "require",
+            ClientAuth::Optional(_) => "optional",
+            ClientAuth::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,13 +36,20 @@ impl Validator {
                 Some(p) => Some(self.named_file(&origin, "spec.tls.clientCA", &dir, p)?),
                 None => None,
             };
-            let client_auth = match t.client_auth.as_deref() {
-                None if client_ca.is_some() => ClientAuth::Require,
-                None => ClientAuth::None,
-                Some("require") => ClientAuth::Require,
-                Some("optional") => ClientAuth::Optional,
-                Some("none") => ClientAuth::None,
-                Some(other) => {
+            // omitted: require when a CA is given, else none; a CA given with `none` must
+            // exist (and is watched) but verifies nothing
+            let client_auth = match (t.client_auth.as_deref(), client_ca) {
+                (None | Some("require"), Some(ca)) => ClientAuth::Require(ca),
+                (Some("optional"), Some(ca)) => ClientAuth::Optional(ca),
+                (None | Some("none"), _) => ClientAuth::None,
+                (Some("require" | "optional"), None) => {
+                    self.errors.push(origin.error(
+                        "spec.tls.clientCA",
+                        "required when clientAuth is require or optional (the CA that signs client certificates)",
+                    ));
+                    return None;
+                }
+                (Some(other), _) => {
                     self.errors.push(origin.error(
                         "spec.tls.clientAuth",
                         format!("must be one of require, optional, none; got {other:?}"),
@@ -50,14 +57,7 @@ impl Validator {
                     return None;
                 }
             };
-            if client_auth != ClientAuth::None && client_ca.is_none() {
-                self.errors.push(origin.error(
-                    "spec.tls.clientCA",
-                    "required when clientAuth is require or optional (the CA that signs client certificates)",
-                ));
-                return None;
-            }
-            Some(TlsSettings { cert: cert?, key: key?, client_ca, client_auth })
+            Some(TlsSettings { cert: cert?, key: key?, client_auth })
         });
         if tls.is_none() && self.errors.len() == before {
             tracing::warn!("{origin} (Proxy {}): no spec.tls block: serving plain HTTP without TLS or client authentication", origin.name);
