@@ -360,10 +360,9 @@ impl Selector {
             Selection::Deterministic => {
                 Schedule::new(weights).map_or(Selector::Random, Selector::Deterministic)
             }
-            Selection::Sticky(StickyKey::Header(h)) => match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => Selector::StickyHeader(name, Rendezvous::new(&names, weights)),
-                Err(_) => Selector::Random,
-            },
+            Selection::Sticky(StickyKey::Header(h)) => {
+                Selector::StickyHeader(h.clone(), Rendezvous::new(&names, weights))
+            }
             Selection::Sticky(StickyKey::Cookie(c)) => {
                 Selector::StickyCookie(c.clone(), Rendezvous::new(&names, weights))
             }

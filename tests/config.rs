@@ -184,6 +184,10 @@ fn each_validation_error_has_its_message() {
             with_split("  - service: website-v1\n    weight: 1\n").replace("name: my-trafficsplit", "name: my-trafficsplit\n  annotations:\n    splitproxy.dev/selecton: random"),
             "metadata.annotations.splitproxy.dev/selecton: unknown splitproxy annotation",
         ),
+        (
+            with_split("  - service: website-v1\n    weight: 1\n").replace("name: my-trafficsplit", "name: my-trafficsplit\n  annotations:\n    splitproxy.dev/selection: sticky\n    splitproxy.dev/sticky-header: \"x user\""),
+            "metadata.annotations.splitproxy.dev/sticky-header: not a valid header name: \"x user\"",
+        ),
         (SPLIT_HEAD.to_string() + "  - service: website-v1\n    weight: 1\n", "split.yaml: no Proxy document"),
         ("a: [unclosed".to_string(), "split.yaml: document 1: invalid YAML"),
     ];

@@ -139,8 +139,8 @@ pub enum Selection {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StickyKey {
-    /// `splitproxy.dev/sticky-header`: lower-case header name.
-    Header(String),
+    /// `splitproxy.dev/sticky-header` (header names are lower-case).
+    Header(http::HeaderName),
     /// `splitproxy.dev/sticky-cookie`: cookie name; set on responses to requests without it.
     Cookie(String),
 }

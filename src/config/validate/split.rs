@@ -123,7 +123,7 @@ impl Validator {
             }
         }
         let mut policy: Option<(&str, String)> = None;
-        let mut sticky_header: Option<String> = None;
+        let mut sticky_header: Option<http::HeaderName> = None;
         let mut sticky_cookie: Option<String> = None;
         let mut service_account = host_forms(&spec.service, &namespace)[0].clone();
         for (key, value) in &meta.annotations {
@@ -140,7 +140,7 @@ impl Validator {
                     )),
                 },
                 "splitproxy.dev/sticky-header" => match http::HeaderName::from_bytes(value.to_ascii_lowercase().as_bytes()) {
-                    Ok(_) => sticky_header = Some(value.to_ascii_lowercase()),
+                    Ok(name) => sticky_header = Some(name),
                     Err(_) => self.errors.push(origin.error(field, format!("not a valid header name: {value:?}"))),
                 },
                 "splitproxy.dev/sticky-cookie" => {
