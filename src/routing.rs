@@ -104,7 +104,7 @@ impl RoutingTable {
             let server_name = tls
                 .server_name
                 .clone()
-                .or_else(|| service.endpoints.first().map(|e| e.host.clone()))
+                .or_else(|| service.endpoints.first().map(Endpoint::host))
                 .unwrap_or_default();
             match upstream.tls_client(tls, &server_name) {
                 Ok(client) => {
@@ -505,8 +505,12 @@ fn choose<T>(list: &[T]) -> Option<&T> {
 
 impl Endpoints {
     fn new(list: &[Endpoint]) -> Endpoints {
-        if list.iter().all(|e| e.addr.is_some()) {
-            let fixed = list.iter().filter_map(|e| e.addr).map(authority).collect();
+        if list.iter().all(|e| e.ip().is_some()) {
+            let fixed = list
+                .iter()
+                .filter_map(Endpoint::ip)
+                .map(authority)
+                .collect();
             Endpoints::Fixed(fixed)
         } else {
             Endpoints::Resolved {
@@ -596,18 +600,17 @@ fn header_value(service: &str) -> HeaderValue {
 async fn resolve(names: &[Endpoint], limit: Duration) -> Option<Box<[Authority]>> {
     let mut out = Vec::new();
     for e in names {
-        match e.addr {
-            Some(addr) => out.push(addr),
-            None => match tokio::time::timeout(
-                limit,
-                tokio::net::lookup_host((e.host.as_str(), e.port)),
-            )
-            .await
-            {
-                Ok(Ok(addrs)) => out.extend(addrs),
-                Ok(Err(err)) => tracing::warn!("cannot resolve {e}: {err}"),
-                Err(_) => tracing::warn!("cannot resolve {e}: no answer within {limit:?}"),
-            },
+        match e {
+            Endpoint::Ip(addr) => out.push(*addr),
+            Endpoint::Dns { host, port } => {
+                match tokio::time::timeout(limit, tokio::net::lookup_host((host.as_str(), *port)))
+                    .await
+                {
+                    Ok(Ok(addrs)) => out.extend(addrs),
+                    Ok(Err(err)) => tracing::warn!("cannot resolve {e}: {err}"),
+                    Err(_) => tracing::warn!("cannot resolve {e}: no answer within {limit:?}"),
+                }
+            }
         }
     }
     out.sort();

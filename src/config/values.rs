@@ -106,18 +106,36 @@ pub fn parse_quantity_milli(text: &str) -> Result<i128, String> {
 
 /// One entry of `spec.services`: `host:port`, host an IP (IPv6 in brackets) or a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    /// Set when `host` is an IP literal: no resolution needed.
-    pub addr: Option<SocketAddr>,
+pub enum Endpoint {
+    /// An IP literal: no resolution needed.
+    Ip(SocketAddr),
+    /// A DNS name, lower-case: resolved when a table is built, then periodically.
+    Dns { host: String, port: u16 },
+}
+
+impl Endpoint {
+    /// The address, when no resolution is needed.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Ip(addr) => Some(*addr),
+            Endpoint::Dns { .. } => None,
+        }
+    }
+
+    /// The host without the port: the IP (IPv6 without brackets) or the DNS name.
+    pub fn host(&self) -> String {
+        match self {
+            Endpoint::Ip(addr) => addr.ip().to_string(),
+            Endpoint::Dns { host, .. } => host.clone(),
+        }
+    }
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.addr {
-            Some(addr) => write!(f, "{addr}"),
-            None => write!(f, "{}:{}", self.host, self.port),
+        match self {
+            Endpoint::Ip(addr) => write!(f, "{addr}"),
+            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
         }
     }
 }
@@ -129,11 +147,7 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         if addr.port() == 0 {
             return Err(bad("port must be 1-65535"));
         }
-        return Ok(Endpoint {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-            addr: Some(addr),
-        });
+        return Ok(Endpoint::Ip(addr));
     }
     let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
@@ -155,10 +169,9 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     if !valid_name {
         return Err(bad("bad host name"));
     }
-    Ok(Endpoint {
+    Ok(Endpoint::Dns {
         host: host.to_ascii_lowercase(),
         port,
-        addr: None,
     })
 }
 
@@ -216,14 +229,19 @@ mod tests {
     #[test]
     fn endpoints() {
         let e = parse_endpoint("127.0.0.1:8081").unwrap();
-        assert_eq!(e.addr, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(e, Endpoint::Ip("127.0.0.1:8081".parse().unwrap()));
         let e = parse_endpoint("[::1]:80").unwrap();
-        assert_eq!(e.port, 80);
+        assert_eq!(e, Endpoint::Ip("[::1]:80".parse().unwrap()));
+        assert_eq!((e.host(), e.to_string()), ("::1".into(), "[::1]:80".into()));
         let e = parse_endpoint("My-Svc.default.svc:9000").unwrap();
         assert_eq!(
-            (e.host.as_str(), e.port, e.addr),
-            ("my-svc.default.svc", 9000, None)
+            e,
+            Endpoint::Dns {
+                host: "my-svc.default.svc".into(),
+                port: 9000
+            }
         );
+        assert_eq!(e.to_string(), "my-svc.default.svc:9000");
         for bad in [
             "",
             "host",
