@@ -101,12 +101,7 @@ impl RoutingTable {
         let mut errors = Vec::new();
         for (name, service) in &config.proxy.services {
             let Some(tls) = &service.tls else { continue };
-            let server_name = tls
-                .server_name
-                .clone()
-                .or_else(|| service.endpoints.first().map(Endpoint::host))
-                .unwrap_or_default();
-            match upstream.tls_client(tls, &server_name) {
+            match upstream.tls_client(tls, &tls.server_name) {
                 Ok(client) => {
                     tls_clients.insert(name.clone(), client);
                 }

@@ -47,12 +47,13 @@ pub struct Service {
     pub tls: Option<UpstreamTls>,
 }
 
-/// TLS origination to a backend: server verification against `ca`, SNI `server_name`
-/// (default: the endpoint's host), optional client certificate (mTLS).
+/// TLS origination to a backend: server verification against `ca`, SNI and certificate
+/// name `server_name`, optional client certificate (mTLS).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     pub ca: PathBuf,
-    pub server_name: Option<String>,
+    /// `serverName`, or else the host of the service's first endpoint.
+    pub server_name: String,
     pub client: Option<(PathBuf, PathBuf)>,
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::config::{
-    raw, values, AccessMode, ClientAuth, Origin, Proxy, Service, ShutdownSettings, Timeouts,
-    TlsSettings, UpstreamTls, DEFAULT_ADMIN, DEFAULT_LISTEN,
+    raw, values, AccessMode, ClientAuth, Endpoint, Origin, Proxy, Service, ShutdownSettings,
+    Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN, DEFAULT_LISTEN,
 };
 
 impl Validator {
@@ -145,6 +145,16 @@ impl Validator {
                 ));
                 continue;
             };
+            // parsed first because the TLS server name defaults to the first endpoint's
+            // host; their errors are reported after the TLS block's, in field order
+            let parsed: Vec<Result<Endpoint, String>> = endpoints
+                .iter()
+                .map(|e| values::parse_endpoint(e))
+                .collect();
+            let first_host = parsed
+                .first()
+                .and_then(|e| e.as_ref().ok())
+                .map(Endpoint::host);
             let tls = tls_raw.and_then(|t| {
                 let mut file = |f: &str, p: &str| {
                     self.named_file(&origin, format!("{field}.tls.{f}"), &dir, p)
@@ -163,7 +173,8 @@ impl Validator {
                 };
                 Some(UpstreamTls {
                     ca,
-                    server_name: t.server_name,
+                    // neither: no valid first endpoint, which is an error below
+                    server_name: t.server_name.or(first_host)?,
                     client,
                 })
             });
@@ -172,10 +183,10 @@ impl Validator {
                     .push(origin.error(&field, "must list at least one endpoint (host:port)"));
                 continue;
             }
-            let mut parsed = Vec::with_capacity(endpoints.len());
-            for (i, text) in endpoints.iter().enumerate() {
-                match values::parse_endpoint(text) {
-                    Ok(e) => parsed.push(e),
+            let mut valid = Vec::with_capacity(parsed.len());
+            for (i, e) in parsed.into_iter().enumerate() {
+                match e {
+                    Ok(e) => valid.push(e),
                     Err(e) => self
                         .errors
                         .push(origin.error(format!("{list_field}[{i}]"), e)),
@@ -184,7 +195,7 @@ impl Validator {
             services.insert(
                 name,
                 Service {
-                    endpoints: parsed,
+                    endpoints: valid,
                     tls,
                 },
             );
