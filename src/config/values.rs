@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// `500ms`, `10s`, `2m`, `1h`, `1m30s`, `1.5s`, `0s` (the forms Kubernetes users write).
+/// Not `humantime::parse_duration`: it also takes `2 seconds`, `1d`, `3 weeks` and the like,
+/// which these documents refuse (tests/config.rs pins `2 seconds` as an error).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("expected a duration such as 500ms, 10s or 2m, got {text:?}");
     let s = text.trim();
