@@ -52,8 +52,8 @@ impl Acceptor {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = match (&settings.client_ca, settings.client_auth) {
-            (Some(ca), mode) if mode != ClientAuth::None => {
+        let builder = match &settings.client_auth {
+            ClientAuth::Require(ca) | ClientAuth::Optional(ca) => {
                 let mut roots = RootCertStore::empty();
                 for cert in load_certs("spec.tls.clientCA", ca)? {
                     roots
@@ -62,7 +62,7 @@ impl Acceptor {
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                let verifier = if mode == ClientAuth::Optional {
+                let verifier = if matches!(settings.client_auth, ClientAuth::Optional(_)) {
                     verifier.allow_unauthenticated()
                 } else {
                     verifier
@@ -73,7 +73,7 @@ impl Acceptor {
                         .map_err(|e| TlsError::Config(e.to_string()))?,
                 )
             }
-            _ => builder.with_no_client_auth(),
+            ClientAuth::None => builder.with_no_client_auth(),
         };
         let by = chain
             .first()

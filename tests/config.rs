@@ -184,6 +184,10 @@ fn each_validation_error_has_its_message() {
             with_split("  - service: website-v1\n    weight: 1\n").replace("name: my-trafficsplit", "name: my-trafficsplit\n  annotations:\n    splitproxy.dev/selecton: random"),
             "metadata.annotations.splitproxy.dev/selecton: unknown splitproxy annotation",
         ),
+        (
+            with_split("  - service: website-v1\n    weight: 1\n").replace("name: my-trafficsplit", "name: my-trafficsplit\n  annotations:\n    splitproxy.dev/selection: sticky\n    splitproxy.dev/sticky-header: \"x user\""),
+            "metadata.annotations.splitproxy.dev/sticky-header: not a valid header name: \"x user\"",
+        ),
         (SPLIT_HEAD.to_string() + "  - service: website-v1\n    weight: 1\n", "split.yaml: no Proxy document"),
         ("a: [unclosed".to_string(), "split.yaml: document 1: invalid YAML"),
     ];
@@ -221,7 +225,59 @@ fn relative_tls_paths_are_relative_to_the_file() {
     let cfg = config::load(&dir.path().join("conf")).unwrap();
     let tls = cfg.proxy.tls.unwrap();
     assert_eq!(tls.cert, dir.path().join("conf/../certs/server.pem"));
-    assert_eq!(tls.client_auth, config::ClientAuth::Require);
+    // clientAuth omitted with a clientCA: require, verified against that CA
+    assert_eq!(
+        tls.client_auth,
+        config::ClientAuth::Require(dir.path().join("conf/../certs/ca.pem"))
+    );
+}
+
+#[test]
+fn client_auth_without_a_client_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["server.pem", "server-key.pem"] {
+        std::fs::write(dir.path().join(f), "x").unwrap();
+    }
+    let tls = "  admin: 127.0.0.1:0\n  tls:\n    cert: server.pem\n    key: server-key.pem";
+    for mode in ["require", "optional"] {
+        let yaml = PROXY.replace(
+            "  admin: 127.0.0.1:0",
+            &format!("{tls}\n    clientAuth: {mode}"),
+        );
+        std::fs::write(dir.path().join("proxy.yaml"), yaml).unwrap();
+        let errors: Vec<String> = config::load(dir.path())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 1, "{mode}: {errors:#?}");
+        assert!(
+            errors[0].ends_with("proxy.yaml: document 1 (Proxy gateway): spec.tls.clientCA: required when clientAuth is require or optional (the CA that signs client certificates)"),
+            "{mode}: {errors:#?}"
+        );
+    }
+    // neither clientAuth nor clientCA: TLS without client certificates
+    std::fs::write(
+        dir.path().join("proxy.yaml"),
+        PROXY.replace("  admin: 127.0.0.1:0", tls),
+    )
+    .unwrap();
+    let cfg = config::load(dir.path()).unwrap();
+    assert_eq!(cfg.proxy.tls.unwrap().client_auth, config::ClientAuth::None);
+    // a clientCA with clientAuth none must exist and is watched, but asks for nothing
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    let yaml = PROXY.replace(
+        "  admin: 127.0.0.1:0",
+        &format!("{tls}\n    clientCA: ca.pem\n    clientAuth: none"),
+    );
+    std::fs::write(dir.path().join("proxy.yaml"), yaml).unwrap();
+    let cfg = config::load(dir.path()).unwrap();
+    assert_eq!(cfg.proxy.tls.unwrap().client_auth, config::ClientAuth::None);
+    assert!(
+        cfg.files.contains(&dir.path().join("ca.pem")),
+        "{:?}",
+        cfg.files
+    );
 }
 
 // === the `validate` command ===
@@ -334,7 +390,7 @@ fn the_design_documents_example_loads_as_written() {
     assert_eq!(p.admin, "127.0.0.1:9901".parse().unwrap());
     assert_eq!(
         p.tls.as_ref().unwrap().client_auth,
-        config::ClientAuth::Require
+        config::ClientAuth::Require(dir.path().join("certs/ca.pem"))
     );
     assert_eq!(p.access, config::AccessMode::Permissive);
     assert_eq!(p.timeouts, config::Timeouts::default());

@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// `500ms`, `10s`, `2m`, `1h`, `1m30s`, `1.5s`, `0s` (the forms Kubernetes users write).
+/// Not `humantime::parse_duration`: it also takes `2 seconds`, `1d`, `3 weeks` and the like,
+/// which these documents refuse (tests/config.rs pins `2 seconds` as an error).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("expected a duration such as 500ms, 10s or 2m, got {text:?}");
     let s = text.trim();
@@ -106,25 +108,36 @@ pub fn parse_quantity_milli(text: &str) -> Result<i128, String> {
 
 /// One entry of `spec.services`: `host:port`, host an IP (IPv6 in brackets) or a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    /// Set when `host` is an IP literal: no resolution needed.
-    pub addr: Option<SocketAddr>,
+pub enum Endpoint {
+    /// An IP literal: no resolution needed.
+    Ip(SocketAddr),
+    /// A DNS name, lower-case: resolved when a table is built, then periodically.
+    Dns { host: String, port: u16 },
 }
 
 impl Endpoint {
-    /// The address of an IP literal; `None` for a DNS name.
+    /// The address, when no resolution is needed.
     pub fn ip(&self) -> Option<SocketAddr> {
-        self.addr
+        match self {
+            Endpoint::Ip(addr) => Some(*addr),
+            Endpoint::Dns { .. } => None,
+        }
+    }
+
+    /// The host without the port: the IP (IPv6 without brackets) or the DNS name.
+    pub fn host(&self) -> String {
+        match self {
+            Endpoint::Ip(addr) => addr.ip().to_string(),
+            Endpoint::Dns { host, .. } => host.clone(),
+        }
     }
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.addr {
-            Some(addr) => write!(f, "{addr}"),
-            None => write!(f, "{}:{}", self.host, self.port),
+        match self {
+            Endpoint::Ip(addr) => write!(f, "{addr}"),
+            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
         }
     }
 }
@@ -136,11 +149,7 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         if addr.port() == 0 {
             return Err(bad("port must be 1-65535"));
         }
-        return Ok(Endpoint {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-            addr: Some(addr),
-        });
+        return Ok(Endpoint::Ip(addr));
     }
     let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
@@ -162,10 +171,9 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     if !valid_name {
         return Err(bad("bad host name"));
     }
-    Ok(Endpoint {
+    Ok(Endpoint::Dns {
         host: host.to_ascii_lowercase(),
         port,
-        addr: None,
     })
 }
 
@@ -223,14 +231,19 @@ mod tests {
     #[test]
     fn endpoints() {
         let e = parse_endpoint("127.0.0.1:8081").unwrap();
-        assert_eq!(e.addr, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(e, Endpoint::Ip("127.0.0.1:8081".parse().unwrap()));
         let e = parse_endpoint("[::1]:80").unwrap();
-        assert_eq!(e.port, 80);
+        assert_eq!(e, Endpoint::Ip("[::1]:80".parse().unwrap()));
+        assert_eq!((e.host(), e.to_string()), ("::1".into(), "[::1]:80".into()));
         let e = parse_endpoint("My-Svc.default.svc:9000").unwrap();
         assert_eq!(
-            (e.host.as_str(), e.port, e.addr),
-            ("my-svc.default.svc", 9000, None)
+            e,
+            Endpoint::Dns {
+                host: "my-svc.default.svc".into(),
+                port: 9000
+            }
         );
+        assert_eq!(e.to_string(), "my-svc.default.svc:9000");
         for bad in [
             "",
             "host",

@@ -54,13 +54,8 @@ fn tls_clients(
     let connect = config.proxy.timeouts.connect;
     for (name, service) in &config.proxy.services {
         let Some(tls) = &service.tls else { continue };
-        let server_name = tls
-            .server_name
-            .clone()
-            .or_else(|| service.endpoints.first().map(|e| e.host.clone()))
-            .unwrap_or_default();
         let previous_clients = previous.into_iter().flat_map(|t| t.tls_clients.iter());
-        let client = TlsClientKey::new(tls, &server_name, connect).and_then(|key| {
+        let client = TlsClientKey::new(tls, connect).and_then(|key| {
             match previous_clients.into_iter().find(|t| t.key == key) {
                 Some(reused) => Ok(reused.clone()),
                 None => key.build().map(|client| {
@@ -154,10 +149,7 @@ fn assemble(
                 Schedule::new(&weights).map_or(Selector::Fallback, Selector::Deterministic)
             }
             Selection::Sticky(StickyKey::Header(h)) => {
-                match http::HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(name) => Selector::StickyHeader(name, Rendezvous::new(&names, &weights)),
-                    Err(_) => Selector::Random,
-                }
+                Selector::StickyHeader(h.clone(), Rendezvous::new(&names, &weights))
             }
             Selection::Sticky(StickyKey::Cookie(c)) => {
                 Selector::StickyCookie(c.clone(), Rendezvous::new(&names, &weights))

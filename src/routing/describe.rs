@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{ClientAuth, Config, TrafficSplit};
+use crate::config::{Config, TrafficSplit};
 
 use super::RoutingTable;
 
@@ -12,7 +12,7 @@ impl RoutingTable {
         let mut out = String::new();
         let p = &self.config.proxy;
         let tls = match &p.tls {
-            Some(t) => format!("mTLS, clientAuth {}", client_auth(t.client_auth)),
+            Some(t) => format!("mTLS, clientAuth {}", t.client_auth.name()),
             None => "plain HTTP".into(),
         };
         let access = format!("{:?}", p.access).to_lowercase();
@@ -70,14 +70,6 @@ impl RoutingTable {
             let _ = writeln!(out, "\nno TrafficSplit: every request gets 404");
         }
         out
-    }
-}
-
-fn client_auth(mode: ClientAuth) -> &'static str {
-    match mode {
-        ClientAuth::Require => "require",
-        ClientAuth::Optional => "optional",
-        ClientAuth::None => "none",
     }
 }
 

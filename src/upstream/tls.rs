@@ -51,7 +51,6 @@ pub enum TlsClientError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TlsClientKey {
     tls: UpstreamTls,
-    server_name: String,
     /// Hash of the CA, certificate and key files' contents: a rotated file is a change.
     files: u64,
     connect_timeout: Duration,
@@ -59,11 +58,7 @@ pub struct TlsClientKey {
 
 impl TlsClientKey {
     /// Reads the files the settings name.
-    pub fn new(
-        tls: &UpstreamTls,
-        server_name: &str,
-        connect_timeout: Duration,
-    ) -> Result<Self, TlsClientError> {
+    pub fn new(tls: &UpstreamTls, connect_timeout: Duration) -> Result<Self, TlsClientError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let client = tls.client.iter().flat_map(|(c, k)| [c, k]);
         for f in std::iter::once(&tls.ca).chain(client) {
@@ -76,7 +71,6 @@ impl TlsClientKey {
         }
         Ok(TlsClientKey {
             tls: tls.clone(),
-            server_name: server_name.to_string(),
             files: hasher.finish(),
             connect_timeout,
         })
@@ -110,12 +104,12 @@ impl TlsClientKey {
             }
             None => builder.with_no_client_auth(),
         };
-        let name = ServerName::try_from(self.server_name.clone()).map_err(|e| {
-            TlsClientError::ServerName {
-                name: self.server_name.clone(),
+        let server_name = &tls.server_name;
+        let name =
+            ServerName::try_from(server_name.clone()).map_err(|e| TlsClientError::ServerName {
+                name: server_name.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);

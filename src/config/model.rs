@@ -1,0 +1,216 @@
+//! The validated configuration: what the rest of the proxy reads. Every default is applied
+//! and every value checked; nothing here is an `Option` that validation already decided.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::{Endpoint, Origin};
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The path given on the command line (file or folder).
+    pub path: PathBuf,
+    /// The other files the documents name (TLS certificates, keys, CAs), in the order
+    /// they name them; a reload watches their folders too.
+    pub files: Vec<PathBuf>,
+    /// Hash of the YAML files and of `files`: equal fingerprints mean nothing changed.
+    pub fingerprint: u64,
+    pub proxy: Proxy,
+    pub splits: Vec<TrafficSplit>,
+    pub route_groups: Vec<HttpRouteGroup>,
+    pub targets: Vec<TrafficTarget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub origin: Origin,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub tls: Option<TlsSettings>,
+    pub access: AccessMode,
+    pub timeouts: Timeouts,
+    pub shutdown: ShutdownSettings,
+    pub expose_backend: bool,
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A backend service: where it runs, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub endpoints: Vec<Endpoint>,
+    /// Connect with TLS (HTTPS upstream) when set.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS origination to a backend: server verification against `ca`, SNI and certificate
+/// name `server_name`, optional client certificate (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    /// `serverName`, or else the host of the service's first endpoint.
+    pub server_name: String,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_auth: ClientAuth,
+}
+
+/// Client certificates (`spec.tls.clientAuth`), with the CA that verifies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client presents a certificate signed by this CA.
+    Require(PathBuf),
+    /// A certificate, when presented, must be signed by this CA; clients without one are
+    /// served without an identity.
+    Optional(PathBuf),
+    /// No client certificates are asked for.
+    None,
+}
+
+impl ClientAuth {
+    /// As `spec.tls.clientAuth` writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientAuth::Require(_) => "require",
+            ClientAuth::Optional(_) => "optional",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    Permissive,
+    Enforce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub upstream: Duration,
+    pub client_header: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            upstream: Duration::from_secs(30),
+            client_header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownSettings {
+    pub delay: Duration,
+    pub grace: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings {
+            delay: Duration::ZERO,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a split picks a backend (`splitproxy.dev/selection`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Independent weighted random draw per request (the default).
+    Random,
+    /// Exact interleaved order: every window of sum(weights) picks holds each weight.
+    Deterministic,
+    /// The backend is a function of a request key: rendezvous hashing on the key.
+    Sticky(StickyKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// `splitproxy.dev/sticky-header` (header names are lower-case).
+    Header(http::HeaderName),
+    /// `splitproxy.dev/sticky-cookie`: cookie name; set on responses to requests without it.
+    Cookie(String),
+}
+
+impl Selection {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Selection::Random => "random",
+            Selection::Deterministic => "deterministic",
+            Selection::Sticky(_) => "sticky",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrafficSplit {
+    pub origin: Origin,
+    pub api_version: String,
+    pub name: String,
+    pub namespace: String,
+    /// `spec.service` as written.
+    pub service: String,
+    /// The lower-case host names this split answers for (every Kubernetes form).
+    pub hosts: Vec<String>,
+    pub backends: Vec<SplitBackend>,
+    /// Names of the HTTPRouteGroups in `spec.matches` (v1alpha3+); empty: all requests.
+    pub matches: Vec<String>,
+    pub selection: Selection,
+    /// The destination ServiceAccount for `access: enforce`.
+    pub service_account: String,
+    /// Where traffic goes when every weight is 0: the root service, if `spec.services`
+    /// defines it (as Linkerd does).
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitBackend {
+    pub service: String,
+    /// Relative weight; v1alpha1 quantities are in milli-units.
+    pub weight: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpRouteGroup {
+    pub origin: Origin,
+    pub name: String,
+    pub namespace: String,
+    pub matches: Vec<HttpMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpMatch {
+    pub name: String,
+    /// Anchored at the start.
+    pub path: Option<Regex>,
+    /// Upper-case; `None` = any method (`*` or absent).
+    pub methods: Option<Vec<http::Method>>,
+    /// Header name (lower-case) and a regex that must match the whole value.
+    pub headers: Vec<(http::HeaderName, Regex)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrafficTarget {
+    pub origin: Origin,
+    pub name: String,
+    pub namespace: String,
+    /// (namespace, ServiceAccount)
+    pub destination: (String, String),
+    pub sources: Vec<(String, String)>,
+    /// (HTTPRouteGroup name, match names; empty = all of the group)
+    pub rules: Vec<(String, Vec<String>)>,
+}

@@ -1,0 +1,113 @@
+//! Raw documents -> the validated model: defaults applied, values parsed, cross-references
+//! (backends to services, matches and rules to HTTPRouteGroups) resolved. Each kind has
+//! its module; every problem is collected, not only the first.
+
+mod access;
+mod proxy;
+mod routes;
+pub(super) mod split;
+
+use std::path::{Path, PathBuf};
+
+use super::error::file_error;
+use super::loader::Documents;
+use super::{ConfigError, HttpRouteGroup, Origin, Proxy, TrafficSplit, TrafficTarget};
+
+/// A valid configuration's documents, and the other files they name.
+pub(super) struct Validated {
+    pub proxy: Proxy,
+    pub splits: Vec<TrafficSplit>,
+    pub route_groups: Vec<HttpRouteGroup>,
+    pub targets: Vec<TrafficTarget>,
+    /// TLS certificates, keys and CAs, in the order the documents name them.
+    pub named_files: Vec<PathBuf>,
+}
+
+struct Validator {
+    /// The errors found so far; each kind's validation adds to them.
+    errors: Vec<ConfigError>,
+    named_files: Vec<PathBuf>,
+}
+
+impl Validator {
+    /// The file `name` (relative to `dir`, the folder of the document naming it), when it
+    /// exists; it is then part of the configuration, so its changes are changes of it.
+    fn named_file(
+        &mut self,
+        origin: &Origin,
+        field: impl Into<String>,
+        dir: &Path,
+        name: &str,
+    ) -> Option<PathBuf> {
+        let path = dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(_) => {
+                self.named_files.push(path.clone());
+                Some(path)
+            }
+            Err(e) => {
+                self.errors
+                    .push(origin.error(field, format!("cannot read {}: {e}", path.display())));
+                None
+            }
+        }
+    }
+}
+
+/// Validate every document; `errors` are those found while reading them. Fails when
+/// anything failed, so that nothing of a rejected configuration takes effect.
+pub(super) fn validate(
+    path: &Path,
+    docs: Documents,
+    errors: Vec<ConfigError>,
+) -> Result<Validated, Vec<ConfigError>> {
+    let mut v = Validator {
+        errors,
+        named_files: Vec::new(),
+    };
+    let mut proxies = docs.proxies.into_iter();
+    let proxy_doc = proxies.next();
+    if let Some((first, _)) = &proxy_doc {
+        for (origin, _) in proxies {
+            v.errors
+                .push(origin.error("", format!("a second Proxy document; the first is {first}")));
+        }
+    }
+    let proxy = match proxy_doc {
+        Some((origin, doc)) => v.proxy(origin, doc),
+        None => {
+            v.errors.push(file_error(
+                path,
+                "no Proxy document (apiVersion: splitproxy.dev/v1alpha1, kind: Proxy) found".into(),
+            ));
+            None
+        }
+    };
+    let route_groups: Vec<HttpRouteGroup> = docs
+        .route_groups
+        .into_iter()
+        .filter_map(|(o, d)| v.route_group(o, d))
+        .collect();
+    let mut splits = Vec::new();
+    for (origin, version, doc) in docs.splits {
+        if let Some(split) = v.split(origin, &version, doc, proxy.as_ref(), &route_groups) {
+            splits.push(split);
+        }
+    }
+    v.check_duplicate_roots(&splits);
+    let targets = docs
+        .targets
+        .into_iter()
+        .filter_map(|(o, d)| v.target(o, d, &route_groups))
+        .collect();
+    match proxy {
+        Some(proxy) if v.errors.is_empty() => Ok(Validated {
+            proxy,
+            splits,
+            route_groups,
+            targets,
+            named_files: v.named_files,
+        }),
+        _ => Err(v.errors),
+    }
+}
