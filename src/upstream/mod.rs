@@ -146,6 +146,8 @@ async fn connect(
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await?;
+    // on the runtime's scheduler, not the LocalSet: measured with tools/callgrind.sh, the
+    // LocalSet variant needed 32-52k instructions per plain request (bimodal), this 30.9k
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
