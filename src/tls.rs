@@ -3,7 +3,7 @@
 //! http/1.1, session tickets and a session cache for resumption. The verified client
 //! identity is turned once per connection into an `x-forwarded-client-cert` value.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -17,16 +17,28 @@ use tokio_rustls::server::TlsStream;
 use crate::config::{ClientAuth, TlsSettings};
 use crate::identity::Identity;
 
+/// Why the TLS material cannot serve; the messages name the field and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{field}: cannot read {path}: {reason}")]
-    File {
+    #[error("{field}: cannot read {}: {source}", .path.display())]
+    Pem {
         field: &'static str,
-        path: String,
-        reason: String,
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{field}: cannot read {}: no PEM certificate in the file", .path.display())]
+    NoCertificate { field: &'static str, path: PathBuf },
+    #[error("spec.tls: clientCA {}: {source}", .path.display())]
+    ClientCa {
+        path: PathBuf,
+        source: rustls::Error,
     },
     #[error("spec.tls: {0}")]
-    Config(String),
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("spec.tls: certificate and key do not form a usable pair: {0}")]
+    Pair(#[source] rustls::Error),
+    #[error("spec.tls: {0}")]
+    Rustls(#[source] rustls::Error),
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -43,22 +55,23 @@ pub struct Acceptor {
 impl Acceptor {
     pub fn new(settings: &TlsSettings) -> Result<Acceptor, TlsError> {
         let chain = load_certs("spec.tls.cert", &settings.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| TlsError::File {
+        let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|source| TlsError::Pem {
             field: "spec.tls.key",
-            path: settings.key.display().to_string(),
-            reason: e.to_string(),
+            path: settings.key.clone(),
+            source,
         })?;
         let provider = provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(TlsError::Rustls)?;
         let builder = match &settings.client_auth {
             ClientAuth::Require(ca) | ClientAuth::Optional(ca) => {
                 let mut roots = RootCertStore::empty();
                 for cert in load_certs("spec.tls.clientCA", ca)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| TlsError::Config(format!("clientCA {}: {e}", ca.display())))?;
+                    roots.add(cert).map_err(|source| TlsError::ClientCa {
+                        path: ca.clone(),
+                        source,
+                    })?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
@@ -67,11 +80,7 @@ impl Acceptor {
                 } else {
                     verifier
                 };
-                builder.with_client_cert_verifier(
-                    verifier
-                        .build()
-                        .map_err(|e| TlsError::Config(e.to_string()))?,
-                )
+                builder.with_client_cert_verifier(verifier.build()?)
             }
             ClientAuth::None => builder.with_no_client_auth(),
         };
@@ -79,14 +88,11 @@ impl Acceptor {
             .first()
             .and_then(|c| Identity::from_der(c))
             .and_then(|i| i.spiffe);
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            TlsError::Config(format!(
-                "certificate and key do not form a usable pair: {e}"
-            ))
-        })?;
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(TlsError::Pair)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.ticketer =
-            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Rustls)?;
         Ok(Acceptor {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             by,
@@ -145,17 +151,20 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
 }
 
 fn load_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::File {
+    let err = |source| TlsError::Pem {
         field,
-        path: path.display().to_string(),
-        reason,
+        path: path.to_path_buf(),
+        source,
     };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(err)?;
     if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".into()));
+        return Err(TlsError::NoCertificate {
+            field,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
