@@ -23,28 +23,26 @@
 //! `split` (weighted random, deterministic schedule, rendezvous hashing), `access`
 //! (TrafficTarget policy), `proxy`, `upstream` (pooled plain and TLS clients), `server`,
 //! `h1guard` (HTTP/1.1 head and idle timeouts), `tls`, `identity`, `reload`, `admin`,
-//! `metrics`, `app` (wiring and shutdown), `pki` (development certificates), `measure`
-//! (load and split verdict), `stats` (chi-square), `demo`.
+//! `metrics`, `app` (wiring and shutdown). Beside the proxy, `cmd` holds the tool
+//! commands: `cmd::measure` (load and split verdict), `cmd::demo`, `cmd::pki` (development
+//! certificates), `cmd::stats` (chi-square).
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod admin;
 pub mod app;
+pub mod cmd;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod h1guard;
 pub mod identity;
-pub mod measure;
 pub mod metrics;
-pub mod pki;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod split;
-pub mod stats;
 pub mod tls;
 pub mod upstream;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use splitproxy::{config, pki, routing::RoutingTable, Server, StartError};
+use splitproxy::{cmd::pki, config, routing::RoutingTable, Server, StartError};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +44,7 @@ enum Command {
     Demo,
     /// Drive load at a running proxy and compare the observed split with the expected one
     /// (exit 1 when `--expect` is rejected at `--alpha`).
-    Measure(splitproxy::measure::MeasureArgs),
+    Measure(splitproxy::cmd::measure::MeasureArgs),
 }
 
 #[derive(Args)]
@@ -252,7 +252,7 @@ fn demo() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(splitproxy::demo::run(std::io::stderr().is_terminal())) {
+    match rt.block_on(splitproxy::cmd::demo::run(std::io::stderr().is_terminal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -263,7 +263,7 @@ fn demo() -> ExitCode {
 
 /// Exit codes: 0 the split is as expected (or nothing was expected), 1 `--expect` rejected,
 /// 2 nothing could be measured.
-fn measure(args: splitproxy::measure::MeasureArgs) -> ExitCode {
+fn measure(args: splitproxy::cmd::measure::MeasureArgs) -> ExitCode {
     let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
@@ -272,7 +272,7 @@ fn measure(args: splitproxy::measure::MeasureArgs) -> ExitCode {
         }
     };
     let progress = !args.json && std::io::stderr().is_terminal();
-    match rt.block_on(splitproxy::measure::run(&args, progress)) {
+    match rt.block_on(splitproxy::cmd::measure::run(&args, progress)) {
         Ok(report) => {
             if args.json {
                 println!("{}", report.to_json());

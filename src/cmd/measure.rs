@@ -31,7 +31,7 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::stats::{chi_square, ChiSquare};
+use crate::cmd::stats::{chi_square, ChiSquare};
 
 /// The class of a response that lacks the classifying header.
 pub const NO_CLASS: &str = "(none)";
