@@ -27,73 +27,66 @@ pub use report::{parse_expect, Report};
 /// The class of a response that lacks the classifying header.
 pub const NO_CLASS: &str = "(none)";
 
-/// Command-line arguments of `splitproxy measure`.
-#[derive(clap::Args, Debug, Clone)]
+/// The arguments of `splitproxy measure`. The command line (in main.rs) fills them, taking
+/// its defaults from the `DEFAULT_*` constants here, as [`MeasureArgs::new`] does for
+/// callers in code (the demo).
+#[derive(Debug, Clone)]
 pub struct MeasureArgs {
     /// The proxy URL, e.g. https://127.0.0.1:8443/ or http://127.0.0.1:8080/path
-    #[arg(long)]
     pub url: String,
     /// Requests to send (ignored with --duration).
-    #[arg(short = 'n', long, default_value_t = 10_000)]
     pub requests: u64,
     /// Concurrent keep-alive connections.
-    #[arg(short = 'c', long, default_value_t = 16)]
     pub connections: usize,
     /// Send for this long instead of a number of requests (e.g. 30s).
-    #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Total requests per second (open loop, spread over the connections).
-    #[arg(long)]
     pub rate: Option<f64>,
     /// HTTP/2 (ALPN h2 over https, prior knowledge over http).
-    #[arg(long)]
     pub h2: bool,
     /// Host header / :authority (default: from the URL); the proxy routes on it.
-    #[arg(long)]
     pub host: Option<String>,
     /// TLS server name (default: the URL's host; an IP address is sent as an IP name).
-    #[arg(long)]
     pub sni: Option<String>,
     /// CA (PEM) that signs the proxy's certificate.
-    #[arg(long)]
     pub cacert: Option<PathBuf>,
     /// Client certificate chain (PEM), for mTLS.
-    #[arg(long, requires = "key")]
     pub cert: Option<PathBuf>,
     /// Client key (PEM).
-    #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
     /// Do not verify the proxy's certificate (handshake signatures are still checked).
-    #[arg(long)]
     pub insecure: bool,
     /// Response header that names the backend.
-    #[arg(long, default_value = "x-splitproxy-backend")]
     pub header: String,
     /// Expected weights, e.g. v1=90,v2=10 (relative; need not sum to 100).
-    #[arg(long)]
     pub expect: Option<String>,
     /// Significance: --expect is rejected when the chi-square p-value is below this.
-    #[arg(long, default_value_t = 0.001)]
     pub alpha: f64,
     /// Per-request timeout (connecting included).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
     /// Print one JSON object instead of the table.
-    #[arg(long)]
     pub json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A duration as the configuration writes it (500ms, 10s, 2m), for `--duration` and
+/// `--timeout`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::values::parse_duration(s)
 }
 
 impl MeasureArgs {
-    /// Defaults as on the command line, for callers in code (the demo).
+    pub const DEFAULT_REQUESTS: u64 = 10_000;
+    pub const DEFAULT_CONNECTIONS: usize = 16;
+    pub const DEFAULT_HEADER: &'static str = "x-splitproxy-backend";
+    pub const DEFAULT_ALPHA: f64 = 0.001;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The defaults, the command line's too, for `url`.
     pub fn new(url: &str) -> Self {
         MeasureArgs {
             url: url.to_string(),
-            requests: 10_000,
-            connections: 16,
+            requests: Self::DEFAULT_REQUESTS,
+            connections: Self::DEFAULT_CONNECTIONS,
             duration: None,
             rate: None,
             h2: false,
@@ -103,10 +96,10 @@ impl MeasureArgs {
             cert: None,
             key: None,
             insecure: false,
-            header: "x-splitproxy-backend".into(),
+            header: Self::DEFAULT_HEADER.into(),
             expect: None,
-            alpha: 0.001,
-            timeout: Duration::from_secs(10),
+            alpha: Self::DEFAULT_ALPHA,
+            timeout: Self::DEFAULT_TIMEOUT,
             json: false,
         }
     }
