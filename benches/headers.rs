@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue, Request};
+use splitproxy::cmd::pki::Ca;
 use splitproxy::identity::Identity;
-use splitproxy::pki::Ca;
 use splitproxy::proxy::{self, ConnInfo};
 
 type Header = (&'static str, &'static str);

@@ -36,22 +36,19 @@
 pub mod access;
 pub mod admin;
 pub mod app;
+pub mod cmd;
 pub mod config;
-pub mod demo;
 pub mod h1guard;
 pub mod identity;
 pub mod live;
 pub mod load;
-pub mod measure;
 pub mod metrics;
-pub mod pki;
 pub mod proxy;
 pub mod reload;
 pub mod response;
 pub mod routing;
 pub mod server;
 pub mod split;
-pub mod stats;
 pub mod tls;
 pub mod upstream;
 

@@ -4,9 +4,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use splitproxy::{config, load, pki, Server, StartError};
+use splitproxy::cmd::measure::MeasureArgs;
+use splitproxy::{cmd::pki, config, load, Server, StartError};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +46,7 @@ enum Command {
     Demo,
     /// Drive load at a running proxy and compare the observed split with the expected one
     /// (exit 1 when `--expect` is rejected at `--alpha`).
-    Measure(splitproxy::measure::MeasureArgs),
+    Measure(MeasureCli),
 }
 
 #[derive(Args)]
@@ -55,6 +57,103 @@ struct RunArgs {
     /// Worker threads (default: the number of cores).
     #[arg(long, env = "SPLITPROXY_WORKERS")]
     workers: Option<usize>,
+}
+
+/// Command-line arguments of `splitproxy measure`. The defaults are MeasureArgs's, so the
+/// command line and callers in code (the demo) cannot drift apart.
+#[derive(Args)]
+struct MeasureCli {
+    /// The proxy URL, e.g. https://127.0.0.1:8443/ or http://127.0.0.1:8080/path
+    #[arg(long)]
+    url: String,
+    /// Requests to send (ignored with --duration).
+    #[arg(short = 'n', long, default_value_t = MeasureArgs::DEFAULT_REQUESTS)]
+    requests: u64,
+    /// Concurrent keep-alive connections.
+    #[arg(short = 'c', long, default_value_t = MeasureArgs::DEFAULT_CONNECTIONS)]
+    connections: usize,
+    /// Send for this long instead of a number of requests (e.g. 30s).
+    #[arg(long, value_parser = splitproxy::cmd::measure::parse_duration)]
+    duration: Option<Duration>,
+    /// Total requests per second (open loop, spread over the connections).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 (ALPN h2 over https, prior knowledge over http).
+    #[arg(long)]
+    h2: bool,
+    /// Host header / :authority (default: from the URL); the proxy routes on it.
+    #[arg(long)]
+    host: Option<String>,
+    /// TLS server name (default: the URL's host; an IP address is sent as an IP name).
+    #[arg(long)]
+    sni: Option<String>,
+    /// CA (PEM) that signs the proxy's certificate.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Client certificate chain (PEM), for mTLS.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Do not verify the proxy's certificate (handshake signatures are still checked).
+    #[arg(long)]
+    insecure: bool,
+    /// Response header that names the backend.
+    #[arg(long, default_value = MeasureArgs::DEFAULT_HEADER)]
+    header: String,
+    /// Expected weights, e.g. v1=90,v2=10 (relative; need not sum to 100).
+    #[arg(long)]
+    expect: Option<String>,
+    /// Significance: --expect is rejected when the chi-square p-value is below this.
+    #[arg(long, default_value_t = MeasureArgs::DEFAULT_ALPHA)]
+    alpha: f64,
+    /// Per-request timeout (connecting included).
+    #[arg(long, value_parser = parse_shown_duration,
+          default_value_t = ShownDuration(MeasureArgs::DEFAULT_TIMEOUT))]
+    timeout: ShownDuration,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<MeasureCli> for MeasureArgs {
+    fn from(cli: MeasureCli) -> Self {
+        MeasureArgs {
+            url: cli.url,
+            requests: cli.requests,
+            connections: cli.connections,
+            duration: cli.duration,
+            rate: cli.rate,
+            h2: cli.h2,
+            host: cli.host,
+            sni: cli.sni,
+            cacert: cli.cacert,
+            cert: cli.cert,
+            key: cli.key,
+            insecure: cli.insecure,
+            header: cli.header,
+            expect: cli.expect,
+            alpha: cli.alpha,
+            timeout: cli.timeout.0,
+            json: cli.json,
+        }
+    }
+}
+
+/// A duration flag with a default: clap shows a default through `Display`, which
+/// `Duration` lacks; humantime writes 10 s as `10s`, which parses back the same.
+#[derive(Clone, Copy)]
+struct ShownDuration(Duration);
+
+impl std::fmt::Display for ShownDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+fn parse_shown_duration(s: &str) -> Result<ShownDuration, String> {
+    splitproxy::cmd::measure::parse_duration(s).map(ShownDuration)
 }
 
 #[derive(Subcommand)]
@@ -98,7 +197,7 @@ fn main() -> ExitCode {
             force,
         }) => certs_init(&dir, &sans, &clients, force),
         Command::Demo => demo(),
-        Command::Measure(args) => measure(args),
+        Command::Measure(args) => measure(args.into()),
     }
 }
 
@@ -236,7 +335,7 @@ fn demo() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(splitproxy::demo::run(std::io::stderr().is_terminal())) {
+    match rt.block_on(splitproxy::cmd::demo::run(std::io::stderr().is_terminal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -247,7 +346,7 @@ fn demo() -> ExitCode {
 
 /// Exit codes: 0 the split is as expected (or nothing was expected), 1 `--expect` rejected,
 /// 2 nothing could be measured.
-fn measure(args: splitproxy::measure::MeasureArgs) -> ExitCode {
+fn measure(args: MeasureArgs) -> ExitCode {
     let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(e) => {
@@ -256,7 +355,7 @@ fn measure(args: splitproxy::measure::MeasureArgs) -> ExitCode {
         }
     };
     let progress = !args.json && std::io::stderr().is_terminal();
-    match rt.block_on(splitproxy::measure::run(&args, progress)) {
+    match rt.block_on(splitproxy::cmd::measure::run(&args, progress)) {
         Ok(report) => {
             if args.json {
                 println!("{}", report.to_json());

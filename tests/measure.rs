@@ -7,8 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use splitproxy::measure::{run, MeasureArgs, Report, NO_CLASS};
-use splitproxy::pki::Ca;
+use splitproxy::cmd::measure::{run, MeasureArgs, Report, NO_CLASS};
+use splitproxy::cmd::pki::Ca;
 use support::*;
 
 async fn proxy_90_10() -> (Backend, Backend, Proxy) {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use splitproxy::stats::chi_square;
+use splitproxy::cmd::stats::chi_square;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

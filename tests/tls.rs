@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use splitproxy::pki::{Ca, Issued, Leaf};
+use splitproxy::cmd::pki::{Ca, Issued, Leaf};
 use support::*;
 
 struct Pki {

@@ -14,8 +14,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use tokio::net::TcpListener;
 
-use crate::measure::{MeasureArgs, Report};
-use crate::pki::Ca;
+use crate::cmd::measure::{MeasureArgs, Report};
+use crate::cmd::pki::Ca;
 use crate::Server;
 
 /// Requests per phase: enough for a tight estimate, few enough to finish in seconds.
@@ -41,7 +41,7 @@ pub async fn run(progress: bool) -> anyhow::Result<()> {
         "spiffe://cluster.local/ns/default/sa/demo-client",
     )?;
     let write = |name: &str, text: &str, secret: bool| {
-        crate::pki::write_file(&dir.path().join(name), text, secret)
+        crate::cmd::pki::write_file(&dir.path().join(name), text, secret)
     };
     write("ca.pem", &ca.cert_pem(), false)?;
     write("server.pem", &server.cert_pem, false)?;
@@ -78,7 +78,7 @@ pub async fn run(progress: bool) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     let args = measure_args(proxy.proxy_addr, dir.path(), (90, 10));
     println!("phase 1: {REQUESTS} requests at 90/10");
-    let report = crate::measure::run(&args, progress).await?;
+    let report = crate::cmd::measure::run(&args, progress).await?;
     phases.push(Phase {
         title: "before the edit".into(),
         weights: (90, 10),
@@ -104,7 +104,7 @@ pub async fn run(progress: bool) -> anyhow::Result<()> {
 
     println!("phase 2: {REQUESTS} requests at 50/50");
     let args = measure_args(proxy.proxy_addr, dir.path(), (50, 50));
-    let report = crate::measure::run(&args, progress).await?;
+    let report = crate::cmd::measure::run(&args, progress).await?;
     phases.push(Phase {
         title: "after the edit".into(),
         weights: (50, 50),
