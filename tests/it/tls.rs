@@ -1,7 +1,6 @@
 //! mTLS termination over real handshakes: client authentication modes, caller identity in
 //! `x-forwarded-client-cert`, TLS 1.3 and ALPN h2, certificate rotation, `certs init`.
 
-mod support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use splitproxy::cmd::pki::{Ca, Issued, Leaf};
-use support::*;
+use crate::support::*;
 
 struct Pki {
     ca: Ca,

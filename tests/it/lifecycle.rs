@@ -1,7 +1,6 @@
 //! The real binary: start, serve, SIGTERM drain (in-flight requests finish, `/readyz`
 //! fails at once, the listener closes after `shutdown.delay`), exit 0.
 
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::*;
+use crate::support::*;
 
 /// Start `splitproxy run` on `yaml`; returns the child and the proxy and admin addresses
 /// read from its start-up log line.

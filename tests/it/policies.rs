@@ -2,14 +2,13 @@
 //! map to the same backend on every replica, sticky cookies keep a client where it landed;
 //! and the metrics that show it.
 
-mod support;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::*;
+use crate::support::*;
 
 fn split_with(annotations: &str, backends: &[(&str, u64)]) -> String {
     split_doc("web-split", "web", backends).replace(

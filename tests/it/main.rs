@@ -1,0 +1,14 @@
+//! The integration tests, as one test binary: one link of the library and its dependencies
+//! instead of one per file, which is most of an incremental `cargo test` build.
+//! Everything runs over real sockets on 127.0.0.1 with ports bound to 0.
+
+mod support;
+
+mod config;
+mod demo;
+mod lifecycle;
+mod measure;
+mod policies;
+mod proxy;
+mod reload;
+mod tls;
