@@ -41,7 +41,7 @@ pub struct RoutingTable {
     /// TLS-originating clients of this table, offered to the next build for reuse.
     tls_clients: Vec<Arc<Tls>>,
     /// Where requests that reach no split are counted (400 no host, 404 no route).
-    unrouted: BackendCounters,
+    unrouted: Arc<BackendCounters>,
 }
 
 /// Every split that shares one root service: conditional ones (`spec.matches`) in document
@@ -65,7 +65,7 @@ pub struct Split {
     /// Who may call this split; `None` under `access: permissive`.
     pub policy: Option<Policy>,
     /// Where the split's requests that reach no backend are counted (403, 503).
-    unpicked: BackendCounters,
+    unpicked: Arc<BackendCounters>,
 }
 
 pub struct Backend {
@@ -75,7 +75,7 @@ pub struct Backend {
     pub header: HeaderValue,
     pub endpoints: Endpoints,
     pub transport: Transport,
-    pub counters: BackendCounters,
+    pub counters: Arc<BackendCounters>,
     /// The backend's request count when this table was built: `/routes` shows the
     /// share observed since the last reload without a second counter per request.
     pub baseline: u64,

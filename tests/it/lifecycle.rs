@@ -1,14 +1,13 @@
 //! The real binary: start, serve, SIGTERM drain (in-flight requests finish, `/readyz`
 //! fails at once, the listener closes after `shutdown.delay`), exit 0.
 
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
 use crate::support::*;
+use http::StatusCode;
 
 /// Start `splitproxy run` on `yaml`; returns the child and the proxy and admin addresses
 /// read from its start-up log line.

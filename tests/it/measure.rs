@@ -2,13 +2,12 @@
 //! exit codes, classes nobody expected, non-2xx and transport failures, pacing, HTTP/2
 //! (prior knowledge and ALPN), mTLS, and the command line with `--json`.
 
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::*;
 use splitproxy::cmd::measure::{run, MeasureArgs, Report, NO_CLASS};
 use splitproxy::cmd::pki::Ca;
-use crate::support::*;
 
 async fn proxy_90_10() -> (Backend, Backend, Proxy) {
     proxy_90_10_with("").await

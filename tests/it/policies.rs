@@ -2,13 +2,12 @@
 //! map to the same backend on every replica, sticky cookies keep a client where it landed;
 //! and the metrics that show it.
 
-
 use std::collections::HashMap;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use crate::support::*;
 
 fn split_with(annotations: &str, backends: &[(&str, u64)]) -> String {
     split_doc("web-split", "web", backends).replace(

@@ -1,15 +1,14 @@
 //! The request path over real sockets: routing by host, weighted splits, the proxy's own
 //! answers, timeouts, headers, streaming, upgrades and HTTP/2.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use splitproxy::cmd::stats::chi_square;
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn two_backends(w1: u64, w2: u64) -> (Backend, Backend, Proxy) {

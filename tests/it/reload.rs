@@ -1,13 +1,12 @@
 //! Hot reload over real files and sockets: rename-writes, ConfigMap `..data` swaps,
 //! invalid rewrites, keep-alive connections following new weights, zero failed requests.
 
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, StatusCode};
 use crate::support::*;
+use http::{Request, StatusCode};
 
 fn config(v1: &Backend, v2: &Backend, w1: u64, w2: u64) -> String {
     proxy_doc(&[("web-v1", v1.addr), ("web-v2", v2.addr)], "")

@@ -1,17 +1,16 @@
 //! mTLS termination over real handshakes: client authentication modes, caller identity in
 //! `x-forwarded-client-cert`, TLS 1.3 and ALPN h2, certificate rotation, `certs init`.
 
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use splitproxy::cmd::pki::{Ca, Issued, Leaf};
-use crate::support::*;
 
 struct Pki {
     ca: Ca,
