@@ -113,11 +113,11 @@ fn answer(
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            match &e {
-                ProxyError::Connect { .. } => counters.connect_failures.inc(),
-                ProxyError::Timeout { .. } => counters.timeouts.inc(),
-                _ => 0,
-            };
+            if matches!(e, ProxyError::Connect { .. }) {
+                counters.connect_failures.inc();
+            } else if matches!(e, ProxyError::Timeout { .. }) {
+                counters.timeouts.inc();
+            }
             match e.endpoint() {
                 Some(endpoint) => {
                     tracing::debug!(peer = %conn.peer, %endpoint, "{}", error_chain(&e))

@@ -62,19 +62,9 @@ pub struct Upstream {
     pool: Rc<Pool>,
 }
 
-impl Default for Upstream {
-    fn default() -> Self {
-        Self::new(Pool::new(pool::MAX_IDLE_PER_ENDPOINT, pool::IDLE_TIMEOUT))
-    }
-}
-
 impl Upstream {
     pub fn new(pool: Rc<Pool>) -> Self {
         Upstream { pool }
-    }
-
-    pub fn pool(&self) -> &Rc<Pool> {
-        &self.pool
     }
 
     /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says.

@@ -70,8 +70,9 @@ impl Pool {
         list.push(Idle { sender, since: now });
     }
 
-    /// Idle connections to `addr` (for tests and `/routes`-style introspection).
-    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+    /// Idle connections to `addr`.
+    #[cfg(test)]
+    fn idle_count(&self, addr: SocketAddr) -> usize {
         self.idle.borrow().get(&addr).map_or(0, Vec::len)
     }
 
