@@ -62,12 +62,9 @@ impl Server {
     /// As `start`, with `workers` workers (at least one).
     pub async fn start_with(path: PathBuf, workers: usize) -> Result<Server, StartError> {
         let metrics = Metrics::new();
-        let loaded = match load::load(&path, 1, &metrics, None, None).await {
-            Ok(Some(loaded)) => loaded,
-            // no fingerprint was given, so there is always a result
-            Ok(None) => return Err(StartError::Config(Vec::new())),
-            Err(errors) => return Err(StartError::Config(errors)),
-        };
+        let loaded = load::load(&path, 1, &metrics, None)
+            .await
+            .map_err(StartError::Config)?;
         let config = loaded.config.clone();
         let proxy = &config.proxy;
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };

@@ -20,46 +20,42 @@ pub struct Loaded {
 }
 
 /// Read and validate `path`, build its TLS acceptor and its routing table (as `version`,
-/// reusing what `previous` can lend). `Ok(None)` when the files' fingerprint is
-/// `unchanged_from`: nothing to build. File reads run on the blocking pool.
+/// reusing what `previous` can lend).
 pub async fn load(
     path: &Path,
     version: u64,
     metrics: &Metrics,
     previous: Option<&RoutingTable>,
-    unchanged_from: Option<u64>,
-) -> Result<Option<Loaded>, Vec<ConfigError>> {
-    let config = read(path.to_path_buf()).await?;
-    if unchanged_from == Some(config.fingerprint) {
-        return Ok(None);
-    }
+) -> Result<Loaded, Vec<ConfigError>> {
+    prepare(read(path).await?, version, metrics, previous).await
+}
+
+/// The steps of `load` after reading: a reload reads first, to skip unchanged files.
+pub async fn prepare(
+    config: Config,
+    version: u64,
+    metrics: &Metrics,
+    previous: Option<&RoutingTable>,
+) -> Result<Loaded, Vec<ConfigError>> {
     let config = Arc::new(config);
     let acceptor = match &config.proxy.tls {
         Some(settings) => match Acceptor::new(settings) {
             Ok(a) => Some(Arc::new(a)),
-            Err(e) => {
-                let origin = &config.proxy.origin;
-                return Err(vec![ConfigError {
-                    file: origin.file.to_path_buf(),
-                    document: Some(origin.document),
-                    object: Some(("Proxy".into(), origin.name.clone())),
-                    field: None,
-                    reason: e.to_string(),
-                }]);
-            }
+            Err(e) => return Err(vec![config.proxy.origin.error("", e.to_string())]),
         },
         None => None,
     };
     let table = RoutingTable::build(config.clone(), version, metrics, previous).await?;
-    Ok(Some(Loaded {
+    Ok(Loaded {
         config,
         acceptor,
         table,
-    }))
+    })
 }
 
 /// `config::load` on the blocking pool: file reads stay off the async workers.
-async fn read(path: PathBuf) -> Result<Config, Vec<ConfigError>> {
+pub async fn read(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || config::load(&path))
         .await
         .unwrap_or_else(|e| {

@@ -88,19 +88,16 @@ impl Reloader {
         let old = self.live.routes.load_full();
         let version = old.version + 1;
         let metrics = &self.live.metrics;
-        let loaded = load::load(
-            &self.path,
-            version,
-            metrics,
-            Some(&old),
-            Some(self.fingerprint),
-        );
-        let loaded = match loaded.await {
-            Ok(Some(loaded)) => loaded,
-            Ok(None) => {
+        let loaded = match load::read(&self.path).await {
+            Ok(config) if config.fingerprint == self.fingerprint => {
                 tracing::debug!("{trigger}: configuration unchanged");
                 return Ok(Outcome::Unchanged);
             }
+            Ok(config) => load::prepare(config, version, metrics, Some(&old)).await,
+            Err(errors) => Err(errors),
+        };
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
             Err(errors) => {
                 // report a broken file once, not at every event while it stays broken
                 let fingerprint = fingerprint_of(&errors);

@@ -44,7 +44,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub(super) fn error(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    pub fn error(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         let field = field.into();
         ConfigError {
             file: self.file.to_path_buf(),

@@ -71,14 +71,8 @@ fn tls_clients(
                 clients.insert(name.clone(), client);
             }
             Err(e) => {
-                let origin = &config.proxy.origin;
-                errors.push(ConfigError {
-                    file: origin.file.to_path_buf(),
-                    document: Some(origin.document),
-                    object: Some(("Proxy".into(), origin.name.clone())),
-                    field: Some(format!("spec.services.{name}.tls")),
-                    reason: e.to_string(),
-                });
+                let field = format!("spec.services.{name}.tls");
+                errors.push(config.proxy.origin.error(field, e.to_string()));
             }
         }
     }
