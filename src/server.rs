@@ -55,11 +55,8 @@ pub async fn serve(listener: TcpListener, worker: Rc<Worker>, mut stop: watch::R
     drop(listener);
     let grace = worker.live.routes.load().config.proxy.shutdown.grace;
     let open = graceful.count();
-    tracing::info!(
-        "stopped accepting; {open} connection(s) get up to {} to finish",
-        humantime::format_duration(grace)
-    );
     let grace_text = humantime::format_duration(grace);
+    tracing::info!("stopped accepting; {open} connection(s) get up to {grace_text} to finish");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace of {grace_text} expired; closing the remaining connections"),

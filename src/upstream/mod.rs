@@ -136,8 +136,8 @@ async fn connect(
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await?;
-    // on the runtime's scheduler, not the LocalSet: measured with tools/callgrind.sh, the
-    // LocalSet variant needed 32-52k instructions per plain request (bimodal), this 30.9k
+    // on the runtime's scheduler, not the LocalSet: the LocalSet variant measured worse on
+    // plain HTTP/1.1 (README, Performance, "Structure round")
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection ended: {e}");
