@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::ConfigError;
+use crate::config::{file_error, ConfigError};
 use crate::live::{Live, Worker};
 use crate::metrics::Metrics;
 use crate::reload::{self, ConfigWatch, Reloader};
@@ -169,13 +169,10 @@ impl Server {
     pub async fn reload(&self) -> reload::Result {
         let (tx, rx) = oneshot::channel();
         let gone = || {
-            vec![ConfigError {
-                file: PathBuf::new(),
-                document: None,
-                object: None,
-                field: None,
-                reason: "the reload task has stopped".into(),
-            }]
+            vec![file_error(
+                &self.live.routes.load().config.path,
+                "the reload task has stopped".into(),
+            )]
         };
         self.reloads.send(tx).await.map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))

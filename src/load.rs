@@ -3,7 +3,7 @@
 //! swaps it in, `validate` prints it: the three cannot disagree, and a configuration
 //! rejected at any step leaves nothing behind in the live state.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{self, Config, ConfigError};
@@ -55,16 +55,13 @@ pub async fn prepare(
 
 /// `config::load` on the blocking pool: file reads stay off the async workers.
 pub async fn read(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || config::load(&path))
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || config::load(&owned))
         .await
         .unwrap_or_else(|e| {
-            Err(vec![ConfigError {
-                file: PathBuf::new(),
-                document: None,
-                object: None,
-                field: None,
-                reason: format!("loader panicked: {e}"),
-            }])
+            Err(vec![config::file_error(
+                path,
+                format!("loader panicked: {e}"),
+            )])
         })
 }

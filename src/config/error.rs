@@ -63,7 +63,7 @@ impl fmt::Display for Origin {
 }
 
 /// An error about a whole file (unreadable, not a config folder), before any document.
-pub(super) fn file_error(file: &Path, reason: String) -> ConfigError {
+pub fn file_error(file: &Path, reason: String) -> ConfigError {
     ConfigError {
         file: file.to_path_buf(),
         document: None,

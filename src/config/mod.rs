@@ -25,7 +25,7 @@ pub mod values;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use error::{ConfigError, Origin};
+pub use error::{file_error, ConfigError, Origin};
 pub use files::config_files;
 pub use model::{
     AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Proxy, Selection, Service,
