@@ -28,8 +28,8 @@ use std::sync::Arc;
 pub use error::{file_error, ConfigError, Origin};
 pub use files::config_files;
 pub use model::{
-    AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Proxy, Selection, Service,
-    ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings, TrafficSplit, TrafficTarget,
+    AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Proxy,
+    Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings, TrafficSplit, TrafficTarget,
     UpstreamTls,
 };
 pub use validate::split::host_forms;
@@ -41,6 +41,7 @@ use loader::Loader;
 pub const DEFAULT_NAMESPACE: &str = "default";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const ANNOTATION_PREFIX: &str = "splitproxy.dev/";
 /// Annotations this version understands; any other `splitproxy.dev/` key is a typo.
 pub const KNOWN_ANNOTATIONS: &[&str] = &[

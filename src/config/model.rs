@@ -36,6 +36,11 @@ pub struct Proxy {
     pub timeouts: Timeouts,
     pub shutdown: ShutdownSettings,
     pub expose_backend: bool,
+    /// SPIFFE trust domain callers must belong to under `access: enforce`.
+    pub trust_domain: String,
+    pub limits: Limits,
+    pub retries: Retries,
+    pub outlier_detection: OutlierDetection,
     pub services: BTreeMap<String, Service>,
 }
 
@@ -123,6 +128,70 @@ impl Default for ShutdownSettings {
         ShutdownSettings {
             delay: Duration::ZERO,
             grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `spec.limits`: what one client may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole request head (request line and headers) -> 431.
+    pub request_header_bytes: usize,
+    /// Header lines in one request -> 431.
+    pub request_headers: usize,
+    /// `None`: unlimited; else a larger body -> 413.
+    pub request_body_bytes: Option<u64>,
+    /// `None`: unlimited; else further connections wait in the accept queue.
+    pub connections: Option<usize>,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_header_bytes: 32 * 1024,
+            request_headers: 100,
+            request_body_bytes: None,
+            connections: None,
+            h2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// `spec.retries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Extra tries of a request that never reached a backend.
+    pub attempts: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { attempts: 1 }
+    }
+}
+
+/// `spec.outlierDetection`: passive ejection of failing endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive connect failures or resets before a response head; 0 = off.
+    pub consecutive_failures: u32,
+    /// Consecutive 5xx responses; 0 = off.
+    pub consecutive_5xx: u32,
+    /// The first ejection; the n-th ejection of an endpoint lasts n times this.
+    pub base_ejection_time: Duration,
+    /// At most this percentage (0..=100) of a split's backends, and of a backend's
+    /// endpoints, is ejected at once; at least one may always be.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            consecutive_5xx: 0,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejected_percent: 50,
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct ProxySpec {
     pub timeouts: Option<Timeouts>,
     pub shutdown: Option<Shutdown>,
     pub expose_backend: Option<bool>,
+    pub trust_domain: Option<String>,
+    pub limits: Option<Limits>,
+    pub retries: Option<Retries>,
+    pub outlier_detection: Option<OutlierDetection>,
     /// Each a list of endpoints, or a `Service` mapping: decided in validation so that
     /// both shapes get precise errors.
     #[serde(default)]
@@ -82,6 +86,33 @@ pub struct Timeouts {
     pub upstream: Option<String>,
     pub client_header: Option<String>,
     pub idle: Option<String>,
+}
+
+/// Sizes are kept raw: a number of bytes, or a string such as `32KiB`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    pub request_header_bytes: Option<Value>,
+    pub request_headers: Option<u64>,
+    pub request_body_bytes: Option<Value>,
+    pub connections: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retries {
+    pub attempts: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub consecutive_failures: Option<u64>,
+    #[serde(rename = "consecutive5xx")]
+    pub consecutive_5xx: Option<u64>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejected_percent: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

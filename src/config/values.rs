@@ -44,6 +44,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
+/// A size in bytes: a number, or a number with a unit: `B`, `KiB`/`Ki`, `MiB`/`Mi`,
+/// `GiB`/`Gi` (powers of 1024) or `KB`/`k`, `MB`/`M`, `GB`/`G` (powers of 1000).
+pub fn parse_size(value: &serde_yaml::Value) -> Result<u64, String> {
+    let text = match value {
+        serde_yaml::Value::Number(n) => {
+            return n
+                .as_u64()
+                .ok_or_else(|| format!("expected a size in bytes such as 32KiB, got {n}"))
+        }
+        serde_yaml::Value::String(s) => s.trim(),
+        _ => return Err("expected a size in bytes such as 32KiB or 1048576".to_string()),
+    };
+    let bad = || format!("expected a size in bytes such as 32KiB or 1MiB, got {text:?}");
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim_start() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "KB" | "k" | "K" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(scale).ok_or_else(bad)
+}
+
 /// A Kubernetes quantity as milli-units: `1` = 1000, `500m` = 500, `1.5` = 1500,
 /// `2k` = 2 000 000. Fractions of a milli-unit round up, as Kubernetes does.
 pub fn parse_quantity_milli(text: &str) -> Result<i128, String> {
@@ -197,6 +226,20 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        let size = |y: &str| parse_size(&serde_yaml::from_str(y).unwrap());
+        assert_eq!(size("32KiB"), Ok(32 * 1024));
+        assert_eq!(size("1MiB"), Ok(1 << 20));
+        assert_eq!(size("10 MB"), Ok(10_000_000));
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("0"), Ok(0));
+        assert!(size("-1").is_err());
+        assert!(size("1.5KiB").is_err());
+        assert!(size("12 parsecs").is_err());
+        assert!(size("99999999999999GiB").is_err());
+    }
 
     #[test]
     fn durations() {

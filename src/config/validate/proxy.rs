@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::config::{
-    raw, values, AccessMode, ClientAuth, Endpoint, Origin, Proxy, Service, ShutdownSettings,
-    Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN, DEFAULT_LISTEN,
+    raw, values, AccessMode, ClientAuth, Endpoint, Limits, Origin, OutlierDetection, Proxy,
+    Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN,
+    DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN,
 };
 
 impl Validator {
@@ -112,6 +113,121 @@ impl Validator {
             grace: duration("spec.shutdown.grace", s.grace, d.grace, false),
         };
 
+        let outlier = spec.outlier_detection.unwrap_or_default();
+        let d = OutlierDetection::default();
+        let base_ejection_time = duration(
+            "spec.outlierDetection.baseEjectionTime",
+            outlier.base_ejection_time,
+            d.base_ejection_time,
+            true,
+        );
+
+        // counts: at most `max`, as a u32/usize the rest of the proxy uses
+        let mut count = |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| {
+            match value {
+                None => default,
+                Some(n) if n < min || n > max => {
+                    self.errors.push(
+                        origin.error(field, format!("must be between {min} and {max}, got {n}")),
+                    );
+                    default
+                }
+                Some(n) => n,
+            }
+        };
+        let r = spec.retries.unwrap_or_default();
+        let retries = Retries {
+            attempts: count("spec.retries.attempts", r.attempts, 1, 0, 10) as u32,
+        };
+        let outlier_detection = OutlierDetection {
+            consecutive_failures: count(
+                "spec.outlierDetection.consecutiveFailures",
+                outlier.consecutive_failures,
+                d.consecutive_failures.into(),
+                0,
+                u32::MAX.into(),
+            ) as u32,
+            consecutive_5xx: count(
+                "spec.outlierDetection.consecutive5xx",
+                outlier.consecutive_5xx,
+                d.consecutive_5xx.into(),
+                0,
+                u32::MAX.into(),
+            ) as u32,
+            base_ejection_time,
+            max_ejected_percent: count(
+                "spec.outlierDetection.maxEjectedPercent",
+                outlier.max_ejected_percent,
+                d.max_ejected_percent.into(),
+                0,
+                100,
+            ) as u32,
+        };
+        let l = spec.limits.unwrap_or_default();
+        let d = Limits::default();
+        let request_headers = count(
+            "spec.limits.requestHeaders",
+            l.request_headers,
+            d.request_headers as u64,
+            1,
+            100_000,
+        ) as usize;
+        let connections = count("spec.limits.connections", l.connections, 0, 0, 1 << 30) as usize;
+        let h2_max_concurrent_streams = count(
+            "spec.limits.h2MaxConcurrentStreams",
+            l.h2_max_concurrent_streams,
+            d.h2_max_concurrent_streams.into(),
+            1,
+            u32::MAX.into(),
+        ) as u32;
+        let mut size = |field: &str, value: Option<serde_yaml::Value>, default: u64, min: u64| {
+            match value.map(|v| values::parse_size(&v)) {
+                None => default,
+                Some(Ok(n)) if n < min => {
+                    self.errors.push(
+                        origin.error(field, format!("must be at least {min} bytes, got {n}")),
+                    );
+                    default
+                }
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    self.errors.push(origin.error(field, e));
+                    default
+                }
+            }
+        };
+        let limits = Limits {
+            // a head needs a request line and a Host: less than 1 KiB is a mistake
+            request_header_bytes: size(
+                "spec.limits.requestHeaderBytes",
+                l.request_header_bytes,
+                d.request_header_bytes as u64,
+                1024,
+            )
+            .min(1 << 30) as usize,
+            request_headers,
+            request_body_bytes: Some(size(
+                "spec.limits.requestBodyBytes",
+                l.request_body_bytes,
+                0,
+                0,
+            ))
+            .filter(|n| *n > 0),
+            connections: Some(connections).filter(|n| *n > 0),
+            h2_max_concurrent_streams,
+        };
+        let trust_domain = match spec.trust_domain {
+            None => DEFAULT_TRUST_DOMAIN.to_string(),
+            Some(t) if valid_trust_domain(&t) => t.to_ascii_lowercase(),
+            Some(t) => {
+                self.errors.push(origin.error(
+                    "spec.trustDomain",
+                    format!("must be a SPIFFE trust domain such as cluster.local (letters, digits, '.', '-', '_'), got {t:?}"),
+                ));
+                String::new()
+            }
+        };
+
         let mut services = BTreeMap::new();
         for (name, value) in spec.services {
             let field = format!("spec.services.{name}");
@@ -212,9 +328,22 @@ impl Validator {
             timeouts,
             shutdown,
             expose_backend: spec.expose_backend.unwrap_or(false),
+            trust_domain,
+            limits,
+            retries,
+            outlier_detection,
             services,
         })
     }
+}
+
+/// A SPIFFE trust domain name: lower-case letters, digits, `.`, `-` and `_` (upper case is
+/// accepted and folded), not empty.
+fn valid_trust_domain(t: &str) -> bool {
+    !t.is_empty()
+        && t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// `[3]` for a sequence path `3`, as our field paths write list indexes.
