@@ -43,6 +43,7 @@ pub mod identity;
 pub mod live;
 pub mod load;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod reload;
 pub mod response;

@@ -76,11 +76,19 @@ impl ConnInfo {
 
 /// Serve one request. Never fails: errors become the proxy's own responses. The timer
 /// starts here, and `answer` counts every request once, whoever answered it.
-pub async fn handle(worker: &Worker, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    worker: &Worker,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     // route while the table guard is held; keep only owned handles across the await
     let (backend, addr, set_cookie, timeouts, expose) = {
         let table = worker.live.routes.load();
+        // matches, access rules and the backend all see the normalised path
+        if let Err(e) = crate::path::normalize_uri(req.uri_mut()) {
+            return answer(table.unrouted(), Err(ProxyError::BadPath(e)), started, conn);
+        }
         match table.route(&req, conn.principal.as_ref(), &conn.caller) {
             Ok(r) => (
                 r.backend.clone(),

@@ -19,6 +19,9 @@ pub type Body = Either<UpstreamBody, Full<Bytes>>;
 pub enum ProxyError {
     #[error("request has no host (no Host header or :authority)")]
     NoHost,
+    /// Refused by path normalisation, before routing.
+    #[error("{0}")]
+    BadPath(crate::path::PathError),
     #[error("no route for host {0:?}")]
     NoRoute(String),
     #[error("no TrafficSplit for host {host:?} matches {method} {path}")]
@@ -58,7 +61,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoHost | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute(_) | ProxyError::NoMatch { .. } => StatusCode::NOT_FOUND,
             ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoEndpoint(_)
@@ -121,6 +124,10 @@ mod tests {
     fn status_mapping() {
         let s = |e: ProxyError| e.status().as_u16();
         assert_eq!(s(ProxyError::NoHost), 400);
+        assert_eq!(
+            s(ProxyError::BadPath(crate::path::PathError::AboveRoot)),
+            400
+        );
         assert_eq!(s(ProxyError::NoRoute("x".into())), 404);
         assert_eq!(s(ProxyError::NoBackend("x".into())), 503);
         assert_eq!(s(ProxyError::NoEndpoint("x".into())), 502);

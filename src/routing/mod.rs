@@ -183,6 +183,11 @@ impl RoutingTable {
     pub fn splits(&self) -> &[Arc<Split>] {
         &self.splits
     }
+
+    /// The `(none)` series, for requests refused before routing (a bad path).
+    pub fn unrouted(&self) -> &BackendCounters {
+        &self.unrouted
+    }
 }
 
 /// The host the client addressed: `:authority` (h2, absolute-form) or `Host`.
