@@ -4,15 +4,22 @@
 //!
 //! Compiled per split when the routing table is built (regexes included), so a request
 //! only compares two short strings per source and runs the rule matchers.
+//!
+//! A caller outside the proxy's trust domain (`spec.trustDomain`, compared without regard
+//! to case) is the principal of no rule: `spiffe://other.org/ns/shop/sa/frontend` is not
+//! `shop/frontend` of `cluster.local`. The check is made here, where the policy is
+//! evaluated, so a reload that changes the trust domain applies to open connections too.
 
 use http::{HeaderMap, Method};
 
 use crate::config::{Config, HttpMatch, TrafficSplit};
 use crate::identity::Identity;
 
-/// A caller's Kubernetes identity: (namespace, ServiceAccount).
+/// A caller's Kubernetes identity: (namespace, ServiceAccount) in a trust domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// As the certificate names it; compared without regard to case.
+    pub trust_domain: String,
     pub namespace: String,
     pub service_account: String,
 }
@@ -22,13 +29,16 @@ impl Principal {
     /// certificate CN `<sa>.<ns>.<trust-domain>`.
     pub fn from_identity(id: &Identity) -> Option<Principal> {
         if let Some(uri) = &id.spiffe {
-            let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
+            let (domain, path) = uri.strip_prefix("spiffe://")?.split_once('/')?;
             let parts: Vec<&str> = path.split('/').collect();
             if let ["ns", ns, "sa", sa] = parts.as_slice() {
-                return Some(Principal {
-                    namespace: ns.to_string(),
-                    service_account: sa.to_string(),
-                });
+                if !domain.is_empty() && !ns.is_empty() && !sa.is_empty() {
+                    return Some(Principal {
+                        trust_domain: domain.to_string(),
+                        namespace: ns.to_string(),
+                        service_account: sa.to_string(),
+                    });
+                }
             }
             return None;
         }
@@ -39,6 +49,7 @@ impl Principal {
                 if !sa.is_empty() && !ns.is_empty() && !domain.is_empty() =>
             {
                 Some(Principal {
+                    trust_domain: domain.to_string(),
                     namespace: ns.to_string(),
                     service_account: sa.to_string(),
                 })
@@ -60,6 +71,8 @@ struct Grant {
 /// Who may call one split.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// `spec.trustDomain` (lower-case): callers from any other are no rule's principal.
+    trust_domain: String,
     grants: Vec<Grant>,
 }
 
@@ -97,7 +110,10 @@ impl Policy {
                 }
             })
             .collect();
-        Policy { grants }
+        Policy {
+            trust_domain: config.proxy.trust_domain.clone(),
+            grants,
+        }
     }
 
     pub fn allows(
@@ -108,6 +124,9 @@ impl Policy {
         headers: &HeaderMap,
     ) -> bool {
         let Some(who) = who else { return false };
+        if !who.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
+            return false;
+        }
         self.grants.iter().any(|g| {
             g.sources
                 .iter()
@@ -133,6 +152,7 @@ mod tests {
         assert_eq!(
             Principal::from_identity(&spiffe),
             Some(Principal {
+                trust_domain: "cluster.local".into(),
                 namespace: "shop".into(),
                 service_account: "frontend".into()
             })
@@ -144,6 +164,7 @@ mod tests {
         assert_eq!(
             Principal::from_identity(&osm),
             Some(Principal {
+                trust_domain: "cluster.local".into(),
                 namespace: "bookbuyer".into(),
                 service_account: "bookbuyer".into()
             })
@@ -160,5 +181,42 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn callers_of_another_trust_domain_are_no_principal() {
+        let policy = Policy {
+            trust_domain: "cluster.local".into(),
+            grants: vec![Grant {
+                sources: vec![("shop".into(), "frontend".into())],
+                matches: None,
+            }],
+        };
+        let allows = |id: Identity| {
+            let who = Principal::from_identity(&id);
+            policy.allows(who.as_ref(), &Method::GET, "/", &HeaderMap::new())
+        };
+        let spiffe = |uri: &str| Identity {
+            spiffe: Some(uri.into()),
+            ..Default::default()
+        };
+        let cn = |cn: &str| Identity {
+            cn: Some(cn.into()),
+            ..Default::default()
+        };
+        assert!(allows(spiffe("spiffe://cluster.local/ns/shop/sa/frontend")));
+        assert!(allows(spiffe("spiffe://Cluster.LOCAL/ns/shop/sa/frontend")));
+        assert!(allows(cn("frontend.shop.cluster.local")));
+        assert!(allows(cn("frontend.shop.CLUSTER.local")));
+        for other in [
+            spiffe("spiffe://example.org/ns/shop/sa/frontend"),
+            spiffe("spiffe://cluster.local.evil/ns/shop/sa/frontend"),
+            spiffe("spiffe://cluster.local:443/ns/shop/sa/frontend"),
+            spiffe("spiffe:///ns/shop/sa/frontend"),
+            cn("frontend.shop.example.org"),
+            cn("frontend.shop.cluster"),
+        ] {
+            assert!(!allows(other.clone()), "{other:?}");
+        }
     }
 }
