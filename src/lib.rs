@@ -25,7 +25,7 @@
 //!
 //! Modules of the proxy: `app` (wiring, workers, shutdown), `server`, `h1guard` (HTTP/1.1
 //! head and idle timeouts), `tls`, `identity`, `proxy`, `response` (body type, the proxy's
-//! own answers), `routing` (the immutable table; `endpoints`: DNS; `describe`), `split`
+//! own answers), `path` (request path normalisation, before routing), `routing` (the immutable table; `endpoints`: DNS; `describe`), `split`
 //! (weighted random, deterministic schedule, rendezvous hashing), `access` (TrafficTarget
 //! policy), `upstream` (`pool`: per-worker HTTP/1.1, `tls`: HTTPS clients), `live` (what
 //! the request path reads), `load` (the one pipeline), `reload`, `admin`, `metrics`,

@@ -19,18 +19,21 @@ pub struct Loaded {
     pub table: RoutingTable,
 }
 
-/// Read and validate `path`, build its TLS acceptor and its routing table (as `version`,
-/// reusing what `previous` can lend).
+/// Read and validate `path` (its warnings logged), build its TLS acceptor and its routing
+/// table (as `version`, reusing what `previous` can lend).
 pub async fn load(
     path: &Path,
     version: u64,
     metrics: &Metrics,
     previous: Option<&RoutingTable>,
 ) -> Result<Loaded, Vec<ConfigError>> {
-    prepare(read(path).await?, version, metrics, previous).await
+    let read = read(path).await;
+    read.log_warnings();
+    prepare(read.result?, version, metrics, previous).await
 }
 
-/// The steps of `load` after reading: a reload reads first, to skip unchanged files.
+/// The steps of `load` after reading: a reload reads first, to skip unchanged files (and
+/// to log only the warnings it has not logged yet).
 pub async fn prepare(
     config: Config,
     version: u64,
@@ -53,15 +56,18 @@ pub async fn prepare(
     })
 }
 
-/// `config::load` on the blocking pool: file reads stay off the async workers.
-pub async fn read(path: &Path) -> Result<Config, Vec<ConfigError>> {
+/// `config::read` on the blocking pool: file reads stay off the async workers. The
+/// warnings are the caller's to log.
+pub async fn read(path: &Path) -> config::Read {
     let owned = path.to_path_buf();
-    tokio::task::spawn_blocking(move || config::load(&owned))
+    tokio::task::spawn_blocking(move || config::read(&owned))
         .await
-        .unwrap_or_else(|e| {
-            Err(vec![config::file_error(
+        .unwrap_or_else(|e| config::Read {
+            result: Err(vec![config::file_error(
                 path,
                 format!("loader panicked: {e}"),
-            )])
+            )]),
+            warnings: Vec::new(),
+            named_files: Vec::new(),
         })
 }

@@ -77,10 +77,7 @@ fn needs_work(path: &[u8]) -> bool {
         if i == 0 || path[i - 1] != b'/' {
             return false;
         }
-        match &path[i + 1..] {
-            [] | [b'/', ..] | [b'.'] | [b'.', b'/', ..] => true,
-            _ => false,
-        }
+        matches!(&path[i + 1..], [] | [b'/', ..] | [b'.'] | [b'.', b'/', ..])
     })
 }
 

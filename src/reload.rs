@@ -5,18 +5,24 @@
 //!
 //! The watch is on folders, not files, so that editors that write through a rename and
 //! Kubernetes ConfigMap/Secret mounts (an update swaps the `..data` symlink in the mounted
-//! folder) are both seen. The content fingerprint makes spurious events free.
+//! folder) are both seen; but only an event that names one of the configuration's own
+//! files triggers a read: a YAML file of the folder (or the file itself), a file the
+//! documents name (TLS material), or a `..data` swap. A log file kept in the folder is
+//! not the configuration. The content fingerprint makes the remaining spurious events
+//! (an unchanged file touched) cheap, and a configuration's warnings are logged once,
+//! not at every read.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError};
 use crate::live::Live;
 use crate::load::{self, Loaded};
 use crate::routing;
@@ -65,16 +71,25 @@ pub struct Reloader {
     /// Fingerprint of the last configuration read, valid or not (or of its errors):
     /// unchanged files are not loaded twice, and a broken file is reported once.
     fingerprint: u64,
+    /// The warnings of the last configuration read, all logged already.
+    warned: Vec<String>,
+    /// The files the last configuration read names, found or not (its folders are
+    /// watched, and their changes trigger a read).
+    named_files: Vec<PathBuf>,
     status: Arc<Status>,
 }
 
 impl Reloader {
-    /// `fingerprint`: of the configuration `live` was started from.
+    /// `fingerprint`: of the configuration `live` was started from (whose warnings were
+    /// logged when it was loaded).
     pub fn new(path: PathBuf, live: Arc<Live>, fingerprint: u64) -> Self {
+        let config = live.routes.load().config.clone();
         Reloader {
             path,
             live,
             fingerprint,
+            warned: config.warnings.clone(),
+            named_files: config.files.clone(),
             status: Arc::default(),
         }
     }
@@ -87,8 +102,16 @@ impl Reloader {
     pub async fn apply(&mut self, trigger: &str) -> Result {
         let old = self.live.routes.load_full();
         let version = old.version + 1;
-        let metrics = &self.live.metrics;
-        let loaded = match load::read(&self.path).await {
+        let live = self.live.clone();
+        let metrics = &live.metrics;
+        tracing::debug!("{trigger}: reading the configuration");
+        let config::Read {
+            result,
+            warnings,
+            named_files,
+        } = load::read(&self.path).await;
+        self.named_files = named_files;
+        let loaded = match result {
             Ok(config) if config.fingerprint == self.fingerprint => {
                 tracing::debug!("{trigger}: configuration unchanged");
                 return Ok(Outcome::Unchanged);
@@ -102,12 +125,14 @@ impl Reloader {
                 // report a broken file once, not at every event while it stays broken
                 let fingerprint = fingerprint_of(&errors);
                 if std::mem::replace(&mut self.fingerprint, fingerprint) != fingerprint {
+                    self.warn(warnings);
                     self.reject(trigger, &errors, old.version);
                 }
                 return Err(errors);
             }
         };
         self.fingerprint = loaded.config.fingerprint;
+        self.warn(warnings);
         let Loaded {
             config,
             acceptor,
@@ -149,6 +174,15 @@ impl Reloader {
         Ok(Outcome::Applied(version))
     }
 
+    /// Log the warnings of a configuration just read that the one read before did not
+    /// have: a reload that changes a weight does not repeat "plain HTTP" every time.
+    fn warn(&mut self, warnings: Vec<String>) {
+        for w in warnings.iter().filter(|w| !self.warned.contains(w)) {
+            tracing::warn!("{w}");
+        }
+        self.warned = warnings;
+    }
+
     fn reject(&self, trigger: &str, errors: &[ConfigError], version: u64) {
         self.live.metrics.reload(false);
         for e in errors {
@@ -172,24 +206,87 @@ fn fingerprint_of(errors: &[ConfigError]) -> u64 {
     h.finish()
 }
 
+/// The paths whose changes are changes of the configuration; shared with the watcher's
+/// callback, which drops every other event.
+struct Interest {
+    /// The configuration path: a folder (its YAML files) or a file.
+    config: PathBuf,
+    folder: bool,
+    /// (folder, file name) of each file the documents name.
+    named: Vec<(PathBuf, OsString)>,
+}
+
+impl Interest {
+    fn new(config: &Path, named_files: &[PathBuf]) -> Interest {
+        Interest {
+            config: config.to_path_buf(),
+            folder: config.is_dir(),
+            named: named_files
+                .iter()
+                .filter_map(|f| Some((parent(f), f.file_name()?.to_os_string())))
+                .collect(),
+        }
+    }
+
+    /// Whether an event on `path` (in a watched folder) may change the configuration.
+    fn wants(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name() else {
+            return true; // not a file of a folder: cannot tell, read
+        };
+        // the kubelet publishes a ConfigMap or Secret update by renaming `..data_tmp`
+        // over `..data`: every file of the mount changes at once
+        if name.as_encoded_bytes().starts_with(b"..data") || same_path(path, &self.config) {
+            return true;
+        }
+        let dir = parent(path);
+        (self.folder && config::is_config_file_name(name) && same_path(&dir, &self.config))
+            || self
+                .named
+                .iter()
+                .any(|(d, n)| n == name && same_path(d, &dir))
+    }
+}
+
+/// Path equality that ignores a leading `./` (notify joins names to the watched path:
+/// a configuration `proxy.yaml` is watched as `.`, its events name `./proxy.yaml`).
+fn same_path(a: &Path, b: &Path) -> bool {
+    fn parts(p: &Path) -> impl Iterator<Item = Component<'_>> {
+        p.components().filter(|c| !matches!(c, Component::CurDir))
+    }
+    parts(a).eq(parts(b))
+}
+
 /// The file watcher, registered before the proxy starts serving so that no change made
 /// after `Server::start` returns can be missed.
 pub struct ConfigWatch {
     reloader: Reloader,
     watcher: Option<notify::RecommendedWatcher>,
     watched: BTreeSet<PathBuf>,
+    interest: Arc<ArcSwap<Interest>>,
     events: mpsc::Receiver<()>,
 }
 
 impl ConfigWatch {
     pub fn new(reloader: Reloader) -> ConfigWatch {
         let (tx, events) = mpsc::channel::<()>(1);
+        let interest = Arc::new(ArcSwap::from_pointee(Interest::new(
+            &reloader.path,
+            &reloader.named_files,
+        )));
+        let wanted = interest.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                // our own reads show up as access events
-                if !matches!(event.kind, EventKind::Access(_)) {
-                    let _ = tx.try_send(());
-                }
+            let Ok(event) = event else { return };
+            // our own reads show up as access events
+            if matches!(event.kind, EventKind::Access(_)) {
+                return;
+            }
+            let wanted = wanted.load();
+            // a lost event queue (rescan) or an event without a path: read, to be sure
+            if event.need_rescan()
+                || event.paths.is_empty()
+                || event.paths.iter().any(|p| wanted.wants(p))
+            {
+                let _ = tx.try_send(());
             }
         });
         let watcher = match watcher {
@@ -205,6 +302,7 @@ impl ConfigWatch {
             reloader,
             watcher,
             watched: BTreeSet::new(),
+            interest,
             events,
         };
         watch.update_watches();
@@ -239,29 +337,39 @@ impl ConfigWatch {
     }
 
     /// Folders to watch: the configuration folder (or a file's folder), and the folders of
-    /// the TLS files the live configuration names.
+    /// the files the last configuration read names; and which of their files matter.
     fn update_watches(&mut self) {
-        let Some(w) = &mut self.watcher else { return };
-        let table = self.reloader.live.routes.load();
         let path = &self.reloader.path;
+        let named = &self.reloader.named_files;
+        self.interest.store(Arc::new(Interest::new(path, named)));
+        let Some(w) = &mut self.watcher else { return };
         let mut want = BTreeSet::new();
         want.insert(if path.is_dir() {
             path.clone()
         } else {
             parent(path)
         });
-        for file in &table.config.files {
+        for file in named {
             want.insert(parent(file));
         }
         for dir in self.watched.difference(&want) {
             let _ = w.unwatch(dir);
         }
-        for dir in want.difference(&self.watched) {
-            if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!("cannot watch {}: {e}", dir.display());
+        let mut watched = BTreeSet::new();
+        for dir in want {
+            if self.watched.contains(&dir) {
+                watched.insert(dir);
+                continue;
+            }
+            match w.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                // a folder of a file not there yet: tried again after the next read
+                Err(e) => tracing::warn!("cannot watch {}: {e}", dir.display()),
             }
         }
-        self.watched = want;
+        self.watched = watched;
     }
 }
 
@@ -269,5 +377,54 @@ fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_configuration_s_own_files_are_of_interest() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("conf");
+        std::fs::create_dir(&folder).unwrap();
+        let certs = dir.path().join("certs");
+        let named = [certs.join("server.pem"), folder.join("ca.pem")];
+        let interest = Interest::new(&folder, &named);
+        for yes in [
+            folder.join("proxy.yaml"),
+            folder.join("20-split.yml"),
+            folder.join("..data"),
+            folder.join("..data_tmp"),
+            folder.join("ca.pem"),
+            certs.join("server.pem"),
+            certs.join("..data"),
+            folder.clone(),
+        ] {
+            assert!(interest.wants(&yes), "{}", yes.display());
+        }
+        for no in [
+            folder.join("proxy.log"),
+            folder.join("notes.txt"),
+            folder.join(".proxy.yaml.swp"),
+            folder.join("proxy.yaml~"),
+            folder.join("config.tmp"),
+            folder.join("..2026_11_28_01"),
+            folder.join("server.pem"),
+            certs.join("ca.pem"),
+            certs.join("other.yaml"),
+            dir.path().join("proxy.yaml"),
+        ] {
+            assert!(!interest.wants(&no), "{}", no.display());
+        }
+
+        // a file: only itself in its folder (and a `..data` swap), with or without `./`
+        let interest = Interest::new(Path::new("proxy.yaml"), &[]);
+        assert!(interest.wants(Path::new("./proxy.yaml")));
+        assert!(interest.wants(Path::new("proxy.yaml")));
+        assert!(interest.wants(Path::new("./..data")));
+        assert!(!interest.wants(Path::new("./other.yaml")));
+        assert!(!interest.wants(Path::new("./proxy.log")));
     }
 }

@@ -21,12 +21,7 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, Box<ConfigError>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.')
-                && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && p.is_file()
-        })
+        .filter(|p| p.file_name().is_some_and(is_config_file_name) && p.is_file())
         .collect();
     files.sort();
     if files.is_empty() {
@@ -36,6 +31,13 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, Box<ConfigError>> {
         )));
     }
     Ok(files)
+}
+
+/// Whether a folder's entry of this name is one of its configuration files: `*.yaml` or
+/// `*.yml`, not hidden (editors' swap files, a ConfigMap's `..data`).
+pub fn is_config_file_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_str().unwrap_or("");
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
 /// One YAML file's text.

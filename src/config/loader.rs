@@ -1,6 +1,7 @@
 //! YAML text -> documents -> (apiVersion, kind) -> raw serde types. A document of a kind
-//! splitproxy does not read is skipped with one warning; an unsupported version of a kind
-//! it reads, or a document that does not deserialize, is an error.
+//! splitproxy does not read is skipped with one warning (collected, not logged: the caller
+//! logs a configuration's warnings once); an unsupported version of a kind it reads, or a
+//! document that does not deserialize, is an error.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub(super) struct Documents {
 pub(super) struct Loader {
     pub docs: Documents,
     pub errors: Vec<ConfigError>,
+    pub warnings: Vec<String>,
 }
 
 const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
@@ -55,8 +57,11 @@ impl Loader {
     }
 
     fn classify(&mut self, file: &Arc<Path>, document: usize, value: Value) {
-        let skip = |why: String| {
-            tracing::warn!("{}: document {document}: skipped: {why}", file.display());
+        let mut skip = |why: String| {
+            self.warnings.push(format!(
+                "{}: document {document}: skipped: {why}",
+                file.display()
+            ));
         };
         if value.is_null() {
             return; // an empty document, e.g. a trailing `---`

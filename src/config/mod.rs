@@ -22,11 +22,11 @@ pub mod raw;
 mod validate;
 pub mod values;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{file_error, ConfigError, Origin};
-pub use files::config_files;
+pub use files::{config_files, is_config_file_name};
 pub use model::{
     AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Proxy,
     Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings,
@@ -51,9 +51,44 @@ pub const KNOWN_ANNOTATIONS: &[&str] = &[
     "splitproxy.dev/service-account",
 ];
 
-/// Load and validate the configuration at `path` (a file or a folder of `*.yaml`/`*.yml`).
+/// One read of the configuration at `path`: the result, and what is known of it whatever
+/// the result (a reload logs the warnings once and watches the named files).
+pub struct Read {
+    pub result: Result<Config, Vec<ConfigError>>,
+    /// Plain HTTP, skipped documents, ...: not logged yet.
+    pub warnings: Vec<String>,
+    /// The files the documents name (TLS material), found or not.
+    pub named_files: Vec<PathBuf>,
+}
+
+impl Read {
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+    }
+}
+
+/// Load and validate the configuration at `path` (a file or a folder of `*.yaml`/`*.yml`),
+/// logging its warnings.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-    let files = config_files(path).map_err(|e| vec![*e])?;
+    let read = read(path);
+    read.log_warnings();
+    read.result
+}
+
+/// As `load`, with the warnings returned instead of logged.
+pub fn read(path: &Path) -> Read {
+    let files = match config_files(path) {
+        Ok(files) => files,
+        Err(e) => {
+            return Read {
+                result: Err(vec![*e]),
+                warnings: Vec::new(),
+                named_files: Vec::new(),
+            }
+        }
+    };
     let mut fingerprint = Fingerprint::default();
     let mut loader = Loader::default();
     for file in &files {
@@ -65,18 +100,29 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
             Err(e) => loader.errors.push(*e),
         }
     }
-    let valid = validate::validate(path, loader.docs, loader.errors)?;
-    // TLS files are part of the configuration: a rotated certificate is a change.
-    for file in &valid.named_files {
-        fingerprint.add_file(file);
+    let mut notes = validate::Notes {
+        warnings: loader.warnings,
+        named_files: Vec::new(),
+    };
+    let result = validate::validate(path, loader.docs, loader.errors, &mut notes).map(|valid| {
+        // TLS files are part of the configuration: a rotated certificate is a change.
+        for file in &notes.named_files {
+            fingerprint.add_file(file);
+        }
+        Config {
+            path: path.to_path_buf(),
+            files: notes.named_files.clone(),
+            fingerprint: fingerprint.finish(),
+            warnings: notes.warnings.clone(),
+            proxy: valid.proxy,
+            splits: valid.splits,
+            route_groups: valid.route_groups,
+            targets: valid.targets,
+        }
+    });
+    Read {
+        result,
+        warnings: notes.warnings,
+        named_files: notes.named_files,
     }
-    Ok(Config {
-        path: path.to_path_buf(),
-        files: valid.named_files,
-        fingerprint: fingerprint.finish(),
-        proxy: valid.proxy,
-        splits: valid.splits,
-        route_groups: valid.route_groups,
-        targets: valid.targets,
-    })
 }

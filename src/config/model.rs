@@ -20,6 +20,9 @@ pub struct Config {
     pub files: Vec<PathBuf>,
     /// Hash of the YAML files and of `files`: equal fingerprints mean nothing changed.
     pub fingerprint: u64,
+    /// What was found worth a warning (plain HTTP, skipped documents), logged once when
+    /// this configuration was first read; a reload logs only the ones new to it.
+    pub warnings: Vec<String>,
     pub proxy: Proxy,
     pub splits: Vec<TrafficSplit>,
     pub route_groups: Vec<HttpRouteGroup>,

@@ -11,5 +11,6 @@ mod lifecycle;
 mod measure;
 mod policies;
 mod proxy;
+mod quiet;
 mod reload;
 mod tls;

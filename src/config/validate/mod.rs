@@ -13,25 +13,34 @@ use super::error::file_error;
 use super::loader::Documents;
 use super::{ConfigError, HttpRouteGroup, Origin, Proxy, TrafficSplit, TrafficTarget};
 
-/// A valid configuration's documents, and the other files they name.
+/// A valid configuration's documents.
 pub(super) struct Validated {
     pub proxy: Proxy,
     pub splits: Vec<TrafficSplit>,
     pub route_groups: Vec<HttpRouteGroup>,
     pub targets: Vec<TrafficTarget>,
-    /// TLS certificates, keys and CAs, in the order the documents name them.
+}
+
+/// What validation learns of a configuration, valid or not.
+#[derive(Default)]
+pub(super) struct Notes {
+    /// Plain HTTP and the like: for the caller to log, once per configuration.
+    pub warnings: Vec<String>,
+    /// TLS certificates, keys and CAs, in the order the documents name them, found or
+    /// not: their changes are changes of the configuration (a missing one may be the fix).
     pub named_files: Vec<PathBuf>,
 }
 
 struct Validator {
     /// The errors found so far; each kind's validation adds to them.
     errors: Vec<ConfigError>,
+    warnings: Vec<String>,
     named_files: Vec<PathBuf>,
 }
 
 impl Validator {
     /// The file `name` (relative to `dir`, the folder of the document naming it), when it
-    /// exists; it is then part of the configuration, so its changes are changes of it.
+    /// exists; it is part of the configuration either way, so its changes are changes of it.
     fn named_file(
         &mut self,
         origin: &Origin,
@@ -40,11 +49,9 @@ impl Validator {
         name: &str,
     ) -> Option<PathBuf> {
         let path = dir.join(name);
+        self.named_files.push(path.clone());
         match std::fs::metadata(&path) {
-            Ok(_) => {
-                self.named_files.push(path.clone());
-                Some(path)
-            }
+            Ok(_) => Some(path),
             Err(e) => {
                 self.errors
                     .push(origin.error(field, format!("cannot read {}: {e}", path.display())));
@@ -55,14 +62,17 @@ impl Validator {
 }
 
 /// Validate every document; `errors` are those found while reading them. Fails when
-/// anything failed, so that nothing of a rejected configuration takes effect.
+/// anything failed, so that nothing of a rejected configuration takes effect; the notes
+/// are made either way.
 pub(super) fn validate(
     path: &Path,
     docs: Documents,
     errors: Vec<ConfigError>,
+    notes: &mut Notes,
 ) -> Result<Validated, Vec<ConfigError>> {
     let mut v = Validator {
         errors,
+        warnings: std::mem::take(&mut notes.warnings),
         named_files: Vec::new(),
     };
     let mut proxies = docs.proxies.into_iter();
@@ -100,13 +110,14 @@ pub(super) fn validate(
         .into_iter()
         .filter_map(|(o, d)| v.target(o, d, &route_groups))
         .collect();
+    notes.warnings = v.warnings;
+    notes.named_files = v.named_files;
     match proxy {
         Some(proxy) if v.errors.is_empty() => Ok(Validated {
             proxy,
             splits,
             route_groups,
             targets,
-            named_files: v.named_files,
         }),
         _ => Err(v.errors),
     }

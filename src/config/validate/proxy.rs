@@ -61,7 +61,7 @@ impl Validator {
             Some(TlsSettings { cert: cert?, key: key?, client_auth })
         });
         if tls.is_none() && self.errors.len() == before {
-            tracing::warn!("{origin} (Proxy {}): no spec.tls block: serving plain HTTP without TLS or client authentication", origin.name);
+            self.warnings.push(format!("{origin} (Proxy {}): no spec.tls block: serving plain HTTP without TLS or client authentication", origin.name));
         }
 
         let access = match spec.access.as_deref() {
