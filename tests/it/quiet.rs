@@ -139,3 +139,32 @@ async fn a_log_file_in_the_watched_folder_keeps_a_quiet_proxy_quiet() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_file_that_appears_later_is_a_change_of_the_configuration() {
+    let (v1, v2) = (Backend::spawn("v1").await, Backend::spawn("v2").await);
+    let proxy = Proxy::start(&config(&v1, &v2, 1, 0)).await;
+    // a rewrite that names an upstream CA not written yet: rejected
+    let ca = proxy.dir.path().join("upstream-ca.pem");
+    let tls_service = "    secure:\n      endpoints: [\"127.0.0.1:9\"]\n      tls:\n        ca: upstream-ca.pem\n";
+    let next =
+        config(&v1, &v2, 0, 1).replace("  services:\n", &format!("  services:\n{tls_service}"));
+    proxy.rewrite(&next);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin_get(&proxy, "/metrics")
+        .await
+        .1
+        .contains("splitproxy_config_reloads_total{result=\"error\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the rewrite was not rejected");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(proxy.version(), 1);
+    // the file it names arrives: that is the fix, and it is read without another edit
+    let pem = splitproxy::cmd::pki::Ca::new("upstream")
+        .unwrap()
+        .cert_pem();
+    rewrite(&ca, &pem);
+    proxy.wait_version(2).await;
+    assert_eq!(get(&client(), &proxy.url("/"), "web").await.backend(), "v2");
+}
