@@ -27,9 +27,10 @@
 //! head and idle timeouts), `tls`, `identity`, `proxy`, `response` (body type, the proxy's
 //! own answers), `routing` (the immutable table; `endpoints`: DNS; `describe`), `split`
 //! (weighted random, deterministic schedule, rendezvous hashing), `access` (TrafficTarget
-//! policy), `upstream` (`pool`: per-worker HTTP/1.1, `tls`: HTTPS clients), `live` (what
-//! the request path reads), `load` (the one pipeline), `reload`, `admin`, `metrics`,
-//! `config` (documents and validation). The tool commands live under `cmd`.
+//! policy), `health` (endpoint health for outlier detection, per process), `upstream`
+//! (`pool`: per-worker HTTP/1.1 connections, plain and TLS; `body`: the request body
+//! sent upstream), `live` (what the request path reads), `load` (the one pipeline),
+//! `reload`, `admin`, `metrics`, `config` (documents and validation). The tool commands live under `cmd`.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod app;
 pub mod cmd;
 pub mod config;
 pub mod h1guard;
+pub mod health;
 pub mod identity;
 pub mod live;
 pub mod load;
