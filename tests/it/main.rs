@@ -11,4 +11,5 @@ mod measure;
 mod policies;
 mod proxy;
 mod reload;
+mod resilience;
 mod tls;
