@@ -18,8 +18,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::live::Live;
-use crate::routing::Backend;
 use crate::reload;
+use crate::routing::Backend;
 
 /// What admin reads: the live state, the reload status, whether the proxy is draining.
 pub struct State {

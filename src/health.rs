@@ -12,8 +12,8 @@
 //! pick, `/routes`, `/metrics`) puts it back.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,10 @@ pub struct Snapshot {
 }
 
 impl Registry {
-    pub fn new(ejections: Family<ServiceLabel, Counter>, ejected: Family<ServiceLabel, Gauge>) -> Self {
+    pub fn new(
+        ejections: Family<ServiceLabel, Counter>,
+        ejected: Family<ServiceLabel, Gauge>,
+    ) -> Self {
         Registry {
             global: Arc::new(Global {
                 ejected: AtomicU32::new(0),
@@ -229,7 +232,11 @@ impl ServiceHealth {
         let until = e.until.load(Relaxed);
         Snapshot {
             ejected,
-            remaining: Duration::from_nanos(if ejected { until.saturating_sub(now) } else { 0 }),
+            remaining: Duration::from_nanos(if ejected {
+                until.saturating_sub(now)
+            } else {
+                0
+            }),
             ejections: e.ejections.load(Relaxed),
             last_ejection: Duration::from_nanos(e.last_ejection.load(Relaxed)),
             failures: e.failures.load(Relaxed),
@@ -286,16 +293,26 @@ mod tests {
         let s = r.service("web");
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let e = s.endpoint(addr);
-        assert!(Arc::ptr_eq(&e, &r.service("web").endpoint(addr)), "one entry per key");
+        assert!(
+            Arc::ptr_eq(&e, &r.service("web").endpoint(addr)),
+            "one entry per key"
+        );
         let base = Duration::from_millis(100);
         let g = r.global();
         assert!(!g.any_ejected());
         assert_eq!(s.eject(&e, 1_000, base), base);
         assert!(g.any_ejected() && s.may_have_ejected());
         assert!(s.is_ejected(&e, 1_000 + nanos(base) - 1));
-        assert!(!s.is_ejected(&e, 1_000 + nanos(base)), "returns at its time");
+        assert!(
+            !s.is_ejected(&e, 1_000 + nanos(base)),
+            "returns at its time"
+        );
         assert!(!g.any_ejected() && !s.may_have_ejected());
-        assert_eq!(s.eject(&e, 0, base), 2 * base, "second ejection: twice as long");
+        assert_eq!(
+            s.eject(&e, 0, base),
+            2 * base,
+            "second ejection: twice as long"
+        );
         assert_eq!(s.snapshot(&e, 0).ejections, 2);
         // capped at 300 s
         for _ in 0..5000 {

@@ -154,7 +154,7 @@ impl Forward<'_> {
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let downstream_upgrade = prepare_request(&mut req, conn);
-        let replay = Replay::of(&req, self.table.retries);
+        let replay = Replay::of(&req, self.table.retries > 0 && self.split.alternatives);
         let req = req.map(|body| RequestBody::new(body, self.table.body_limit));
         let timeout = self.table.timeouts.upstream;
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
@@ -267,7 +267,9 @@ impl Forward<'_> {
 
 /// What it takes to send a request again that the backend may have seen: a GET, HEAD or
 /// OPTIONS without a body (RFC 9110 section 9.2.2: safe, so a replay changes nothing).
-/// Taken before the first send, only when the request qualifies and a retry is allowed.
+/// Taken before the first send, only when the request qualifies and a retry is allowed
+/// and possible: a clone of the method, URI and headers (reference counts for the most
+/// part), the price of surviving a backend that dies with the request in flight.
 struct Replay {
     method: Method,
     uri: Uri,
@@ -275,9 +277,10 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(req: &Request<Incoming>, attempts: u32) -> Option<Replay> {
+    /// `retry`: a retry is allowed and has somewhere to go.
+    fn of(req: &Request<Incoming>, retry: bool) -> Option<Replay> {
         let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        (attempts > 0 && safe && req.body().is_end_stream()).then(|| Replay {
+        (retry && safe && req.body().is_end_stream()).then(|| Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),

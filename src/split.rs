@@ -199,7 +199,9 @@ impl Schedule {
     /// Refused entries are skipped, so over a cycle every kept entry is still taken
     /// exactly once: the kept backends keep their exact shares among themselves.
     pub fn pick_where(&self, mut keep: impl FnMut(usize) -> bool) -> Option<usize> {
-        (0..self.order.len()).map(|_| self.pick()).find(|&i| keep(i))
+        (0..self.order.len())
+            .map(|_| self.pick())
+            .find(|&i| keep(i))
     }
 }
 

@@ -145,6 +145,18 @@ fn assemble(
                 Selector::StickyCookie(c.clone(), Rendezvous::new(&names, &weights))
             }
         };
+        let members = match selector {
+            Selector::Fallback => fallback.as_slice(),
+            _ => &backends,
+        };
+        let pickable = members
+            .iter()
+            .filter(|b| b.weight > 0 || matches!(selector, Selector::Fallback))
+            .count();
+        let alternatives = pickable > 1
+            || members
+                .iter()
+                .any(|b| !matches!(&b.endpoints, Endpoints::Fixed(list) if list.len() <= 1));
         splits.push(Arc::new(Split {
             config: config.clone(),
             index,
@@ -153,6 +165,7 @@ fn assemble(
             picker,
             backends,
             fallback,
+            alternatives,
             policy: (proxy.access == AccessMode::Enforce).then(|| Policy::compile(s, &config)),
             unpicked: metrics.backend(&label, NONE_LABEL),
         }));

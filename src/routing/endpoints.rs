@@ -63,7 +63,12 @@ impl Endpoints {
     /// One endpoint, chosen at random when there are several.
     #[inline]
     pub fn pick_index(&self) -> Option<Picked> {
-        self.with_list(|list| choose(list.len()).map(|index| Picked { index, addr: list[index].addr }))
+        self.with_list(|list| {
+            choose(list.len()).map(|index| Picked {
+                index,
+                addr: list[index].addr,
+            })
+        })
     }
 
     /// Run `f` on the current list.
@@ -77,7 +82,11 @@ impl Endpoints {
 
     /// Run `f` on the health of the endpoint `picked` names, if it is still in the list.
     #[inline]
-    pub fn with_health<R>(&self, picked: Picked, f: impl FnOnce(&EndpointHealth) -> R) -> Option<R> {
+    pub fn with_health<R>(
+        &self,
+        picked: Picked,
+        f: impl FnOnce(&EndpointHealth) -> R,
+    ) -> Option<R> {
         self.with_list(|list| {
             list.get(picked.index)
                 .filter(|e| e.addr == picked.addr)
@@ -176,7 +185,11 @@ async fn refresh(backend: Weak<Backend>, limit: Duration) {
         let Some(b) = backend.upgrade() else { return };
         if let Endpoints::Resolved { names, current } = &b.endpoints {
             if let Some(list) = resolve(names, limit).await {
-                let changed = !current.load().iter().map(|e| e.addr).eq(list.iter().copied());
+                let changed = !current
+                    .load()
+                    .iter()
+                    .map(|e| e.addr)
+                    .eq(list.iter().copied());
                 if changed {
                     tracing::info!("{}: endpoints now {}", b.service, join(list.iter()));
                     current.store(Arc::new(with_health(&list, &b.health)));

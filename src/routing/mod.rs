@@ -75,6 +75,10 @@ pub struct Split {
     pub policy: Option<Policy>,
     /// Where the split's requests that reach no backend are counted (403, 503).
     unpicked: Arc<BackendCounters>,
+    /// A failed request has somewhere else to go: more than one member that can be
+    /// picked, or a member with more than one endpoint (or DNS names, which may resolve
+    /// to several). Without, no retry is possible and no replay copy is taken.
+    pub alternatives: bool,
 }
 
 pub struct Backend {
@@ -157,7 +161,11 @@ impl RoutingTable {
             split.pick_live(headers, self.health.now())
         } else {
             let (slot, cookie) = split.pick_slot(headers);
-            (slot, slot.and_then(|i| split.members()[i].endpoints.pick_index()), cookie)
+            (
+                slot,
+                slot.and_then(|i| split.members()[i].endpoints.pick_index()),
+                cookie,
+            )
         };
         let Some(slot) = slot else {
             let src = split.source();

@@ -103,9 +103,9 @@ impl Split {
             return None;
         }
         loop {
-            let next = self.picker.pick_where(|i| {
-                !tried.backends.contains(&i) && !members[i].is_out(now)
-            })?;
+            let next = self
+                .picker
+                .pick_where(|i| !tried.backends.contains(&i) && !members[i].is_out(now))?;
             match members[next].pick_untried(now, &tried.endpoints) {
                 Some(p) => return Some((next, p)),
                 None => tried.backends.push(next),
@@ -172,9 +172,7 @@ impl Split {
         let now = global.now();
         let health = &backend.health;
         let length = backend.endpoints.with_list(|list| {
-            let e = list
-                .get(picked.index)
-                .filter(|e| e.addr == picked.addr)?;
+            let e = list.get(picked.index).filter(|e| e.addr == picked.addr)?;
             if health.is_ejected(&e.health, now) {
                 return None;
             }
@@ -188,9 +186,8 @@ impl Split {
             if ejected + 1 == list.len() {
                 // the backend would drop out of the split
                 let members = self.members();
-                let weighed = |b: &&Arc<Backend>| {
-                    b.weight > 0 || matches!(self.selector, Selector::Fallback)
-                };
+                let weighed =
+                    |b: &&Arc<Backend>| b.weight > 0 || matches!(self.selector, Selector::Fallback);
                 let candidates = members.iter().filter(weighed).count();
                 let out = members
                     .iter()

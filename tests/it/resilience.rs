@@ -272,7 +272,11 @@ async fn refused_backend_of_a_50_50_split_is_retried_on_the_live_one() {
             .unwrap();
         let a = send(&c, req).await;
         assert_eq!(a.status, StatusCode::OK);
-        assert!(a.body.starts_with(&format!("bytes={} ", 100 + i)), "{}", a.body);
+        assert!(
+            a.body.starts_with(&format!("bytes={} ", 100 + i)),
+            "{}",
+            a.body
+        );
     }
     assert_eq!(live.hits(), 220);
     let retries = metric(
@@ -371,7 +375,10 @@ async fn backend_killed_under_four_clients_fails_no_get() {
     let yaml = proxy_doc(&[("web-v1", live.addr), ("web-v2", child_addr)], "")
         + &split_doc("web-split", "web", &[("web-v1", 50), ("web-v2", 50)]);
     let proxy = Proxy::start(&yaml).await;
-    let (from_child, killed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (from_child, killed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let failed = Arc::new(Mutex::new(Vec::new()));
     let c = client();
     let mut clients = Vec::new();
@@ -390,7 +397,10 @@ async fn backend_killed_under_four_clients_fails_no_get() {
                 match c.request(req).await {
                     Ok(resp) => {
                         let status = resp.status();
-                        let child = resp.headers().get("x-backend").is_some_and(|b| b == "child");
+                        let child = resp
+                            .headers()
+                            .get("x-backend")
+                            .is_some_and(|b| b == "child");
                         let body = resp.into_body().collect().await.map(|b| b.to_bytes());
                         if status != StatusCode::OK || body.is_err() {
                             failed.lock().unwrap().push(format!("{status} {body:?}"));
@@ -409,7 +419,10 @@ async fn backend_killed_under_four_clients_fails_no_get() {
     // the child takes its share of the traffic first
     let deadline = Instant::now() + Duration::from_secs(30);
     while from_child.load(SeqCst) < 100 {
-        assert!(Instant::now() < deadline, "the child backend got no traffic");
+        assert!(
+            Instant::now() < deadline,
+            "the child backend got no traffic"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.0.kill().expect("SIGKILL the child backend");
@@ -418,8 +431,13 @@ async fn backend_killed_under_four_clients_fails_no_get() {
     for t in clients {
         t.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
-    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    let failed = std::mem::take(&mut *failed.lock().unwrap());
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     // the dead backend was left: retried away from, then ejected
     let retries = metric(
         &proxy,
@@ -470,7 +488,10 @@ async fn post_whose_body_reached_a_dying_backend_is_not_replayed() {
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "v1"));
     }
     assert_eq!(live.hits() - live_before, 40);
-    assert!(dying.hits() > dying_before, "none of 40 GETs picked web-dying (p = 2^-40)");
+    assert!(
+        dying.hits() > dying_before,
+        "none of 40 GETs picked web-dying (p = 2^-40)"
+    );
 }
 
 /// 60/30/10 with the 10 dead: the live two still split 2:1 (chi-square, p > 1e-6).
@@ -481,7 +502,11 @@ async fn live_backends_keep_their_weights(outlier: &str) {
         refusing_port().await,
     );
     let yaml = proxy_doc_n(
-        &[("web-v1", &[v1.addr]), ("web-v2", &[v2.addr]), ("web-v3", &[dead])],
+        &[
+            ("web-v1", &[v1.addr]),
+            ("web-v2", &[v2.addr]),
+            ("web-v3", &[dead]),
+        ],
         outlier,
     ) + &split_doc(
         "web-split",
@@ -559,11 +584,19 @@ async fn endpoint_is_ejected_after_consecutive_failures_and_shown() {
     assert_eq!(h["lastEjectionSeconds"], 30.0);
     assert!(h["ejectedUntil"].is_string(), "{h}");
     assert_eq!(endpoint_health(&r, "web-v1", good.addr)["ejected"], false);
-    assert_eq!(backend(&r, "web-v1")["ejected"], false, "one endpoint is left");
+    assert_eq!(
+        backend(&r, "web-v1")["ejected"],
+        false,
+        "one endpoint is left"
+    );
     assert_eq!(r["outlierDetection"]["consecutiveFailures"], 3);
     assert_eq!(metric(&proxy, ejections).await, 1.0);
     assert_eq!(
-        metric(&proxy, "splitproxy_outlier_ejected_endpoints{backend=\"web-v1\"}").await,
+        metric(
+            &proxy,
+            "splitproxy_outlier_ejected_endpoints{backend=\"web-v1\"}"
+        )
+        .await,
         1.0
     );
     // left out of the picks while ejected
@@ -603,7 +636,10 @@ async fn ejected_endpoint_returns_after_its_time_and_a_repeat_lasts_twice_as_lon
             assert!(h["ejectedForSeconds"].as_f64().unwrap() <= 0.2 * round as f64);
         }
         // and back after that time
-        wait_routes(&proxy, "the ejection ends", |r| flaky_health(r)["ejected"] == false).await;
+        wait_routes(&proxy, "the ejection ends", |r| {
+            flaky_health(r)["ejected"] == false
+        })
+        .await;
     }
     // healthy again: it serves its share
     flaky.set(OK);
@@ -615,7 +651,10 @@ async fn ejected_endpoint_returns_after_its_time_and_a_repeat_lasts_twice_as_lon
         assert_eq!(a.status, StatusCode::OK);
     }
     let h = flaky_health(&routes(&proxy).await);
-    assert_eq!((h["ejected"].clone(), h["ejections"].clone()), (false.into(), 2.into()));
+    assert_eq!(
+        (h["ejected"].clone(), h["ejections"].clone()),
+        (false.into(), 2.into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -719,10 +758,16 @@ async fn five_xx_ejects_only_when_consecutive5xx_is_set() {
             errors += 1;
         }
     }
-    assert!(errors > 0, "none of 60 picked the failing endpoint (p = 2^-60)");
+    assert!(
+        errors > 0,
+        "none of 60 picked the failing endpoint (p = 2^-60)"
+    );
     assert_eq!(errors, five.hits(), "a 5xx is an answer, never retried");
     let h = endpoint_health(&routes(&proxy).await, "web-v1", five.addr).clone();
-    assert_eq!((h["ejected"].clone(), h["ejections"].clone()), (false.into(), 0.into()));
+    assert_eq!(
+        (h["ejected"].clone(), h["ejections"].clone()),
+        (false.into(), 0.into())
+    );
 
     // consecutive5xx: 3 ejects it at the third 500 in a row
     let five = Flaky::spawn("five", FAIL_500).await;
@@ -736,7 +781,10 @@ async fn five_xx_ejects_only_when_consecutive5xx_is_set() {
         get(&c, &proxy.url("/"), "web").await;
     }
     let h = endpoint_health(&routes(&proxy).await, "web-v1", five.addr).clone();
-    assert_eq!((h["ejected"].clone(), h["ejections"].clone()), (true.into(), 1.into()));
+    assert_eq!(
+        (h["ejected"].clone(), h["ejections"].clone()),
+        (true.into(), 1.into())
+    );
     for _ in 0..50 {
         let a = get(&c, &proxy.url("/"), "web").await;
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "good"));
@@ -756,14 +804,22 @@ async fn read_response(tcp: &mut TcpStream) -> (u16, String, String) {
                 break i + 4;
             }
             let n = tcp.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed before a response: {}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "closed before a response: {}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let status = head[9..12].parse().expect("status");
         let length: usize = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .expect("content-length");
         while buf.len() < head_end + length {
             let n = tcp.read(&mut chunk).await.expect("read");
@@ -800,7 +856,11 @@ async fn content_length_over_the_limit_gets_413_before_anything_goes_upstream() 
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(a.body, "request body larger than the limit of 1024 bytes\n");
     assert_eq!(a.headers["server"], "splitproxy");
-    assert_eq!((b.conns.load(SeqCst), b.started.load(SeqCst)), (0, 0), "the backend saw nothing");
+    assert_eq!(
+        (b.conns.load(SeqCst), b.started.load(SeqCst)),
+        (0, 0),
+        "the backend saw nothing"
+    );
     let a = send(&client(), post(1024)).await;
     assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "bytes=1024"));
     let counted = metric(
@@ -856,20 +916,29 @@ async fn malformed_chunk_after_the_head_went_upstream_gets_400_and_the_connectio
     // the head (and the first chunk) went upstream
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.started.load(SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the request never reached the backend");
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the backend"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tcp.write_all(b"zz\r\nbad\r\n0\r\n\r\n").await.unwrap();
     let (status, head, body) = read_response(&mut tcp).await;
     assert_eq!(status, 400, "{head}{body}");
     assert_eq!(body, "bad request: malformed request body\n");
-    assert!(head.to_ascii_lowercase().contains("server: splitproxy"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("server: splitproxy"),
+        "{head}"
+    );
     while b.bodies().is_empty() {
         assert!(Instant::now() < deadline, "the backend recorded no body");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let bodies = b.bodies();
-    assert!(bodies.len() == 1 && !bodies[0].1 && bodies[0].0 <= 5, "upstream saw the body fail: {bodies:?}");
+    assert!(
+        bodies.len() == 1 && !bodies[0].1 && bodies[0].0 <= 5,
+        "upstream saw the body fail: {bodies:?}"
+    );
     // the endpoint is not blamed for the client's body
     let h = endpoint_health(&routes(&proxy).await, "web-v1", b.addr).clone();
     assert_eq!(h["consecutiveFailures"], 0, "{h}");
