@@ -948,3 +948,76 @@ async fn malformed_chunk_after_the_head_went_upstream_gets_400_and_the_connectio
     assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "bytes=0"));
     assert_eq!(b.conns.load(SeqCst), 2);
 }
+
+// === TLS origination on the workers' pools ===
+
+/// An HTTPS backend (server name `backend.internal`, signed by `ca`) that counts the
+/// connections it accepts and answers `secure`.
+async fn counting_tls_backend(ca: &splitproxy::cmd::pki::Ca) -> (SocketAddr, Arc<AtomicU64>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let server = ca.server(&["backend.internal".into()]).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(splitproxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicU64::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"secure"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_connections_are_pooled_and_a_refused_endpoint_is_retried() {
+    let ca = splitproxy::cmd::pki::Ca::new("upstream CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    let (addr, conns) = counting_tls_backend(&ca).await;
+    let dead = refusing_port().await;
+    let yaml = format!(
+        "apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: t\nspec:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  outlierDetection:\n    consecutiveFailures: 0\n  services:\n    secure:\n      endpoints: [\"{dead}\", \"{addr}\"]\n      tls:\n        ca: ca.pem\n        serverName: backend.internal\n"
+    ) + &split_doc("web-split", "web", &[("secure", 1)]);
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let proxy = Proxy::start_at(dir, path).await;
+    let c = client();
+    for _ in 0..30 {
+        let a = get(&c, &proxy.url("/"), "web").await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "secure"));
+    }
+    // sequential requests: one connection (and one handshake), reused from the pool
+    assert_eq!(conns.load(SeqCst), 1);
+    let r = routes(&proxy).await;
+    // each of the 30 picks chose the refused endpoint with probability 1/2
+    assert!(
+        backend(&r, "secure")["retries"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+}
