@@ -6,11 +6,13 @@
 //! ```text
 //! server::serve        accept -> server::serve_conn: TLS handshake (tls::Acceptor),
 //!                      ConnInfo (peer, identity, XFCC), hyper-util auto (HTTP/1.1 or h2)
-//! proxy::handle        timer starts; live.routes.load() -> RoutingTable::route:
+//! proxy::handle        timer starts; live.routes.load_full() -> RoutingTable::route:
 //!                      host -> Route -> Split (matches, access) -> Backend -> endpoint
-//!                      = routing::Routed, or routing::Refused (404, 403, 503, ...)
-//!   Forward::send      headers rewritten -> upstream::Upstream::send: the worker's
-//!                      plain pool or the backend's TLS client -> response headers
+//!                      (ejected ones left out) = routing::Routed, or routing::Refused
+//!                      (404, 403, 503, ...)
+//!   Forward::send      headers rewritten -> upstream::Upstream::send on the worker's
+//!                      pool (plain or TLS) -> a retry elsewhere if the request never
+//!                      reached a backend -> endpoint health -> response headers
 //!   proxy::answer      response::ProxyError -> the proxy's own answer; metrics, once
 //! ```
 //!
