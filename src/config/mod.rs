@@ -29,8 +29,8 @@ pub use error::{file_error, ConfigError, Origin};
 pub use files::config_files;
 pub use model::{
     AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Proxy,
-    Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings,
-    TrafficSplit, TrafficTarget, UpstreamTls,
+    Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings, TrafficSplit, TrafficTarget,
+    UpstreamTls,
 };
 pub use validate::split::host_forms;
 pub use values::Endpoint;

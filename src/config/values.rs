@@ -57,9 +57,7 @@ pub fn parse_size(value: &serde_yaml::Value) -> Result<u64, String> {
         _ => return Err("expected a size in bytes such as 32KiB or 1048576".to_string()),
     };
     let bad = || format!("expected a size in bytes such as 32KiB or 1MiB, got {text:?}");
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
     let number: u64 = number.parse().map_err(|_| bad())?;
     let scale: u64 = match unit.trim_start() {

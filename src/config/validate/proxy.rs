@@ -123,8 +123,8 @@ impl Validator {
         );
 
         // counts: at most `max`, as a u32/usize the rest of the proxy uses
-        let mut count =
-            |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| match value {
+        let mut count = |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| {
+            match value {
                 None => default,
                 Some(n) if n < min || n > max => {
                     self.errors.push(
@@ -133,7 +133,8 @@ impl Validator {
                     default
                 }
                 Some(n) => n,
-            };
+            }
+        };
         let r = spec.retries.unwrap_or_default();
         let retries = Retries {
             attempts: count("spec.retries.attempts", r.attempts, 1, 0, 10) as u32,
@@ -179,10 +180,8 @@ impl Validator {
             1,
             u32::MAX.into(),
         ) as u32;
-        let mut size =
-            |field: &str, value: Option<serde_yaml::Value>, default: u64, min: u64| match value
-                .map(|v| values::parse_size(&v))
-            {
+        let mut size = |field: &str, value: Option<serde_yaml::Value>, default: u64, min: u64| {
+            match value.map(|v| values::parse_size(&v)) {
                 None => default,
                 Some(Ok(n)) if n < min => {
                     self.errors.push(
@@ -195,7 +194,8 @@ impl Validator {
                     self.errors.push(origin.error(field, e));
                     default
                 }
-            };
+            }
+        };
         let limits = Limits {
             // a head needs a request line and a Host: less than 1 KiB is a mistake
             request_header_bytes: size(
@@ -341,7 +341,8 @@ impl Validator {
 /// accepted and folded), not empty.
 fn valid_trust_domain(t: &str) -> bool {
     !t.is_empty()
-        && t.bytes()
+        && t
+            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
