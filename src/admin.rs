@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::live::Live;
 use crate::reload;
+use crate::routing::Backend;
 
 /// What admin reads: the live state, the reload status, whether the proxy is draining.
 pub struct State {
@@ -81,10 +82,13 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// The live table as JSON: version, load time, every split with configured weights and
-/// the shares observed since the last reload.
+/// the shares observed since the last reload, and each backend's retries and endpoint
+/// health (outlier detection).
 pub fn routes(state: &State) -> serde_json::Value {
+    state.live.metrics.health.sweep();
     let table = state.live.routes.load();
     let loaded = table.loaded_at;
+    let (now, wall) = (table.health.now(), SystemTime::now());
     let splits: Vec<_> = table
         .splits()
         .iter()
@@ -103,6 +107,9 @@ pub fn routes(state: &State) -> serde_json::Value {
                         "requests": observed,
                         "observedShare": if observed_total == 0 { serde_json::Value::Null } else { json!(observed as f64 / observed_total as f64) },
                         "endpoints": b.endpoints.list(),
+                        "retries": b.counters.retries.get(),
+                        "ejected": b.is_out(now),
+                        "health": endpoint_health(b, now, wall),
                     })
                 })
                 .collect();
@@ -115,6 +122,7 @@ pub fn routes(state: &State) -> serde_json::Value {
                 "selection": src.selection.name(),
                 "totalWeight": total_weight,
                 "fallback": s.fallback.as_ref().map(|f| &f.service),
+                "fallbackHealth": s.fallback.as_ref().map(|f| endpoint_health(f, now, wall)),
                 "backends": backends,
             })
         })
@@ -126,7 +134,39 @@ pub fn routes(state: &State) -> serde_json::Value {
         "config": state.config_path.display().to_string(),
         "fingerprint": format!("{:016x}", table.config.fingerprint),
         "lastReloadErrors": state.reloads.last_errors(),
+        "retries": {"attempts": table.retries},
+        "outlierDetection": {
+            "consecutiveFailures": table.outlier.consecutive_failures,
+            "consecutive5xx": table.outlier.consecutive_5xx,
+            "baseEjectionSeconds": table.outlier.base_ejection_time.as_secs_f64(),
+            "maxEjectedPercent": table.outlier.max_ejected_percent,
+        },
         "splits": splits,
+    })
+}
+
+/// Each endpoint of `b`: whether it is ejected and until when, how often it was, the
+/// length of its current or last ejection, and its running failure counts.
+fn endpoint_health(b: &Backend, now: u64, wall: SystemTime) -> Vec<serde_json::Value> {
+    b.endpoints.with_list(|list| {
+        list.iter()
+            .map(|e| {
+                let h = b.health.snapshot(&e.health, now);
+                let until = h
+                    .ejected
+                    .then(|| humantime::format_rfc3339_millis(wall + h.remaining).to_string());
+                json!({
+                    "endpoint": e.addr.to_string(),
+                    "ejected": h.ejected,
+                    "ejectedUntil": until,
+                    "ejectedForSeconds": h.remaining.as_secs_f64(),
+                    "ejections": h.ejections,
+                    "lastEjectionSeconds": h.last_ejection.as_secs_f64(),
+                    "consecutiveFailures": h.failures,
+                    "consecutive5xx": h.fives,
+                })
+            })
+            .collect()
     })
 }
 

@@ -6,11 +6,13 @@
 //! ```text
 //! server::serve        accept -> server::serve_conn: TLS handshake (tls::Acceptor),
 //!                      ConnInfo (peer, identity, XFCC), hyper-util auto (HTTP/1.1 or h2)
-//! proxy::handle        timer starts; live.routes.load() -> RoutingTable::route:
+//! proxy::handle        timer starts; live.routes.load_full() -> RoutingTable::route:
 //!                      host -> Route -> Split (matches, access) -> Backend -> endpoint
-//!                      = routing::Routed, or routing::Refused (404, 403, 503, ...)
-//!   Forward::send      headers rewritten -> upstream::Upstream::send: the worker's
-//!                      plain pool or the backend's TLS client -> response headers
+//!                      (ejected ones left out) = routing::Routed, or routing::Refused
+//!                      (404, 403, 503, ...)
+//!   Forward::send      headers rewritten -> upstream::Upstream::send on the worker's
+//!                      pool (plain or TLS) -> a retry elsewhere if the request never
+//!                      reached a backend -> endpoint health -> response headers
 //!   proxy::answer      response::ProxyError -> the proxy's own answer; metrics, once
 //! ```
 //!
@@ -27,9 +29,10 @@
 //! head and idle timeouts), `tls`, `identity`, `proxy`, `response` (body type, the proxy's
 //! own answers), `path` (request path normalisation, before routing), `routing` (the immutable table; `endpoints`: DNS; `describe`), `split`
 //! (weighted random, deterministic schedule, rendezvous hashing), `access` (TrafficTarget
-//! policy), `upstream` (`pool`: per-worker HTTP/1.1, `tls`: HTTPS clients), `live` (what
-//! the request path reads), `load` (the one pipeline), `reload`, `admin`, `metrics`,
-//! `config` (documents and validation). The tool commands live under `cmd`.
+//! policy), `health` (endpoint health for outlier detection, per process), `upstream`
+//! (`pool`: per-worker HTTP/1.1 connections, plain and TLS; `body`: the request body
+//! sent upstream), `live` (what the request path reads), `load` (the one pipeline),
+//! `reload`, `admin`, `metrics`, `config` (documents and validation). The tool commands live under `cmd`.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +42,7 @@ pub mod app;
 pub mod cmd;
 pub mod config;
 pub mod h1guard;
+pub mod health;
 pub mod identity;
 pub mod live;
 pub mod load;

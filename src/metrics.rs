@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
+use crate::health;
+
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
@@ -110,6 +112,10 @@ pub struct Metrics {
     durations: Family<BackendOnly, LatencyHistogram>,
     connect_failures: Family<BackendOnly, Counter>,
     timeouts: Family<BackendOnly, Counter>,
+    retries: Family<BackendOnly, Counter>,
+    /// Endpoint health (outlier detection): per process, like the series, and surviving
+    /// reloads for the same reason.
+    pub health: health::Registry,
     /// Open downstream connections.
     pub active_connections: Gauge,
     pub reloads: Family<ResultLabels, Counter>,
@@ -124,14 +130,16 @@ pub struct Metrics {
 /// the eight reference counts were cache misses that showed in the reload time.
 type ByBackend = FxHashMap<Box<str>, Arc<BackendCounters>>;
 
-/// One backend's series: requests by status class, duration, connect failures and
-/// timeouts. Handles to atomics; cloning one is cheap and made once per table build.
+/// One backend's series: requests by status class, duration, connect failures, timeouts
+/// and retries. Handles to atomics; cloning one is cheap and made once per table build.
 #[derive(Clone, Debug, Default)]
 pub struct BackendCounters {
     by_class: [Counter; 5],
     duration_handle: LatencyHistogram,
     pub connect_failures: Counter,
     pub timeouts: Counter,
+    /// Tries of a request moved elsewhere after this backend could not be reached.
+    pub retries: Counter,
 }
 
 impl BackendCounters {
@@ -198,6 +206,24 @@ impl Metrics {
             "Requests answered 504 because the upstream did not answer in time",
             timeouts.clone(),
         );
+        let retries = Family::<BackendOnly, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests tried again on another endpoint or backend after this backend could not be reached",
+            retries.clone(),
+        );
+        let ejections = Family::<health::ServiceLabel, Counter>::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by backend service",
+            ejections.clone(),
+        );
+        let ejected = Family::<health::ServiceLabel, Gauge>::default();
+        registry.register(
+            "outlier_ejected_endpoints",
+            "Endpoints ejected now by outlier detection, by backend service",
+            ejected.clone(),
+        );
         let active_connections = Gauge::default();
         registry.register(
             "active_connections",
@@ -234,6 +260,8 @@ impl Metrics {
             durations,
             connect_failures,
             timeouts,
+            retries,
+            health: health::Registry::new(ejections, ejected),
             active_connections,
             reloads,
             handshake_failures,
@@ -278,6 +306,7 @@ impl Metrics {
             duration_handle: self.durations.get_or_create(&labels).clone(),
             connect_failures: self.connect_failures.get_or_create(&labels).clone(),
             timeouts: self.timeouts.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
         }
     }
 
@@ -296,6 +325,8 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        // ejections that have ended show as ended, even where no pick has looked yet
+        self.health.sweep();
         let mut out = String::new();
         // writing to a String cannot fail
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -2,28 +2,32 @@
 //!
 //! `handle`: route (one `ArcSwap` load, `RoutingTable::route`: host, split, access, pick,
 //! endpoint) -> `Forward::send`: rewrite headers, the worker's upstream client under the
-//! upstream timeout, response headers -> `answer`: the proxy's own response for an error,
-//! and the metrics, once per request. Bodies stream through untouched in both directions.
+//! upstream timeout, a retry elsewhere when the request never reached a backend (or is a
+//! safe one without a body), each try's outcome to its endpoint's health, response headers
+//! -> `answer`: the proxy's own response for an error, and the metrics, once per request.
+//! Bodies stream through in both directions; the request body is checked against
+//! `limits.requestBodyBytes` on its way (`upstream::body`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use http::header::{self, Entry, HeaderName};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access::Principal;
-use crate::config::Timeouts;
 use crate::identity::Identity;
 use crate::live::Worker;
 use crate::metrics::BackendCounters;
 use crate::response::{error_chain, Body, ProxyError};
-use crate::routing::Backend;
-use crate::upstream::Upstream;
+use crate::routing::{Backend, Picked, RoutingTable, Split, Tried};
+use crate::upstream::{BodyError, RequestBody, SendError, Upstream, UpstreamBody};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -82,33 +86,33 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    // route while the table guard is held; keep only owned handles across the await
-    let (backend, addr, set_cookie, timeouts, expose) = {
-        let table = worker.live.routes.load();
-        // matches, access rules and the backend all see the normalised path
-        if let Err(e) = crate::path::normalize_uri(req.uri_mut()) {
-            return answer(table.unrouted(), Err(ProxyError::BadPath(e)), started, conn);
-        }
-        match table.route(&req, conn.principal.as_ref(), &conn.caller) {
-            Ok(r) => (
-                r.backend.clone(),
-                r.addr,
-                r.set_cookie,
-                table.timeouts,
-                table.expose_backend,
-            ),
-            Err(refused) => return answer(refused.counters, Err(*refused.error), started, conn),
-        }
+    // the table is held for the request's life: a retry picks again from the same one
+    let table = worker.live.routes.load_full();
+    // matches, access rules and the backend all see the normalised path
+    if let Err(e) = crate::path::normalize_uri(req.uri_mut()) {
+        return answer(table.unrouted(), Err(ProxyError::BadPath(e)), started, conn);
+    }
+    let routed = match table.route(&req, conn.principal.as_ref(), &conn.caller) {
+        Ok(r) => r,
+        Err(refused) => return answer(refused.counters, Err(*refused.error), started, conn),
     };
-    let forwarded = Forward {
-        backend: &backend,
-        addr,
-        timeouts,
-        set_cookie,
-        expose,
+    if let Some(limit) = table.body_limit {
+        // a declared length over the limit is refused before anything goes upstream
+        if req.body().size_hint().lower() > limit {
+            let error = ProxyError::BodyTooLarge { limit };
+            return answer(routed.split.unpicked(), Err(error), started, conn);
+        }
+    }
+    let mut forward = Forward {
+        table: &table,
+        split: routed.split,
+        slot: routed.slot,
+        backend: routed.backend,
+        endpoint: routed.endpoint,
+        set_cookie: routed.set_cookie,
     };
-    let result = forwarded.send(&worker.upstream, conn, req).await;
-    answer(&backend.counters, result, started, conn)
+    let result = forward.send(&worker.upstream, conn, req).await;
+    answer(&forward.backend.counters, result, started, conn)
 }
 
 /// The response for a request's outcome, counted in `counters`.
@@ -139,58 +143,45 @@ fn answer(
     resp
 }
 
-/// A routed request on its way to the backend.
-struct Forward<'a> {
-    backend: &'a Backend,
-    addr: SocketAddr,
-    timeouts: Timeouts,
+/// A routed request on its way to the backend; a retry moves it to another endpoint or
+/// member of the split (`slot`, `backend` and `endpoint` say where it is now).
+struct Forward<'t> {
+    table: &'t RoutingTable,
+    split: &'t Split,
+    slot: usize,
+    backend: &'t Arc<Backend>,
+    endpoint: Picked,
     set_cookie: Option<HeaderValue>,
-    expose: bool,
 }
 
 impl Forward<'_> {
     async fn send(
-        self,
+        &mut self,
         upstream: &Upstream,
         conn: &ConnInfo,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        let backend = self.backend;
         let downstream_upgrade = prepare_request(&mut req, conn);
-        // pinned where it stands: the timeout then holds a pointer, not a moved copy
-        let sent = std::pin::pin!(upstream.send(
-            &backend.transport,
-            self.addr,
-            self.timeouts.connect,
-            req
-        ));
-        let mut resp = match tokio::time::timeout(self.timeouts.upstream, sent).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(source)) => {
-                let (service, endpoint) = (backend.service.clone(), self.addr);
-                return Err(if source.is_connect() {
-                    ProxyError::Connect {
-                        service,
-                        endpoint,
-                        source,
-                    }
-                } else {
-                    ProxyError::Upstream {
-                        service,
-                        endpoint,
-                        source,
-                    }
-                });
-            }
+        let replay = Replay::of(&req, self.table.retries > 0 && self.split.alternatives);
+        let req = req.map(|body| RequestBody::new(body, self.table.body_limit));
+        let timeout = self.table.timeouts.upstream;
+        // one deadline for the whole exchange, retries included (as Envoy's route timeout)
+        let outcome = {
+            // pinned where it stands: the timeout then holds a pointer, not a moved copy
+            let exchange = std::pin::pin!(self.exchange(upstream, req, replay));
+            tokio::time::timeout(timeout, exchange).await
+        };
+        let mut resp = match outcome {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(ProxyError::Timeout {
-                    service: backend.service.clone(),
-                    endpoint: self.addr,
-                    after: self.timeouts.upstream,
+                    service: self.backend.service.clone(),
+                    endpoint: self.endpoint.addr,
+                    after: timeout,
                 })
             }
         };
-        if let Some(cookie) = self.set_cookie {
+        if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -201,11 +192,116 @@ impl Forward<'_> {
         } else {
             strip_hop_by_hop(resp.headers_mut());
         }
-        if self.expose {
+        if self.table.expose_backend {
             resp.headers_mut()
-                .insert(X_SPLITPROXY_BACKEND.clone(), backend.header.clone());
+                .insert(X_SPLITPROXY_BACKEND.clone(), self.backend.header.clone());
         }
         Ok(resp.map(Either::Left))
+    }
+
+    /// Send, and try again elsewhere while the request never reached a backend (or can be
+    /// replayed) and attempts are left. Every try's outcome goes to its endpoint's health.
+    async fn exchange(
+        &mut self,
+        upstream: &Upstream,
+        mut req: Request<RequestBody>,
+        replay: Option<Replay>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let table = self.table;
+        let mut attempts = table.retries;
+        let mut tried = Tried::default();
+        loop {
+            let addr = self.endpoint.addr;
+            let sent = upstream
+                .send(&self.backend.transport, addr, table.timeouts.connect, req)
+                .await;
+            let SendError { error, unsent } = match sent {
+                Ok(resp) => {
+                    let od = &table.outlier;
+                    let status = resp.status();
+                    self.split
+                        .answered(self.slot, self.endpoint, status, od, &table.health);
+                    return Ok(resp);
+                }
+                Err(e) => e,
+            };
+            let service = || self.backend.service.clone();
+            if let Some(body) = error.body_error() {
+                // the client's fault, not the endpoint's
+                return Err(match body {
+                    BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
+                    BodyError::Malformed(_) => ProxyError::MalformedBody {
+                        service: service(),
+                        endpoint: addr,
+                        source: error,
+                    },
+                });
+            }
+            self.split
+                .failed(self.slot, self.endpoint, &table.outlier, &table.health);
+            let again = unsent.or_else(|| replay.as_ref().map(Replay::request));
+            let next = match again {
+                Some(r) if attempts > 0 => self
+                    .split
+                    .retarget(self.slot, self.endpoint, &mut tried, table.health.now())
+                    .map(|next| (r, next)),
+                _ => None,
+            };
+            let Some((r, (slot, endpoint))) = next else {
+                return Err(if error.is_connect() {
+                    ProxyError::Connect {
+                        service: service(),
+                        endpoint: addr,
+                        source: error,
+                    }
+                } else {
+                    ProxyError::Upstream {
+                        service: service(),
+                        endpoint: addr,
+                        source: error,
+                    }
+                });
+            };
+            tracing::debug!(service = %self.backend.service, endpoint = %addr, "trying again elsewhere: {}", error_chain(&error));
+            self.backend.counters.retries.inc();
+            attempts -= 1;
+            self.slot = slot;
+            self.backend = &self.split.members()[slot];
+            self.endpoint = endpoint;
+            req = r;
+        }
+    }
+}
+
+/// What it takes to send a request again that the backend may have seen: a GET, HEAD or
+/// OPTIONS without a body (RFC 9110 section 9.2.2: safe, so a replay changes nothing).
+/// Taken before the first send, only when the request qualifies and a retry is allowed
+/// and possible: a clone of the method, URI and headers (reference counts for the most
+/// part), the price of surviving a backend that dies with the request in flight.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// `retry`: a retry is allowed and has somewhere to go.
+    fn of(req: &Request<Incoming>, retry: bool) -> Option<Replay> {
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        (retry && safe && req.body().is_end_stream()).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        *req.version_mut() = Version::HTTP_11;
+        req
     }
 }
 

@@ -32,6 +32,8 @@ pub enum ProxyError {
     },
     #[error("traffic split {0} has no backend with a weight above 0")]
     NoBackend(String),
+    #[error("traffic split {0} has no live backend: every endpoint is ejected")]
+    NoLiveBackend(String),
     #[error("service {0} has no resolved endpoint")]
     NoEndpoint(String),
     #[error("upstream {service} is unreachable")]
@@ -56,6 +58,16 @@ pub enum ProxyError {
     },
     #[error("{identity} may not call {service}")]
     Forbidden { identity: String, service: String },
+    /// The client's body failed after the request went upstream (a bad chunk size, say).
+    #[error("bad request: malformed request body")]
+    MalformedBody {
+        service: String,
+        endpoint: SocketAddr,
+        #[source]
+        source: UpstreamError,
+    },
+    #[error("request body larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
 }
 
 impl ProxyError {
@@ -63,12 +75,16 @@ impl ProxyError {
         match self {
             ProxyError::NoHost | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute(_) | ProxyError::NoMatch { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend(_) | ProxyError::NoLiveBackend(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::NoEndpoint(_)
             | ProxyError::Connect { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::MalformedBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -77,6 +93,7 @@ impl ProxyError {
         match self {
             ProxyError::Connect { endpoint, .. }
             | ProxyError::Upstream { endpoint, .. }
+            | ProxyError::MalformedBody { endpoint, .. }
             | ProxyError::Timeout { endpoint, .. } => Some(*endpoint),
             _ => None,
         }
@@ -130,6 +147,8 @@ mod tests {
         );
         assert_eq!(s(ProxyError::NoRoute("x".into())), 404);
         assert_eq!(s(ProxyError::NoBackend("x".into())), 503);
+        assert_eq!(s(ProxyError::NoLiveBackend("x".into())), 503);
+        assert_eq!(s(ProxyError::BodyTooLarge { limit: 1 }), 413);
         assert_eq!(s(ProxyError::NoEndpoint("x".into())), 502);
         let (service, endpoint) = ("s".to_string(), SocketAddr::from(([127, 0, 0, 1], 9)));
         let refused = || UpstreamError::Connect(std::io::ErrorKind::ConnectionRefused.into());

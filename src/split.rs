@@ -65,6 +65,29 @@ impl WeightedPicker {
         Some(self.index_of(r))
     }
 
+    /// An index drawn by weight among those `keep` accepts (asked once each), or `None`
+    /// when they weigh nothing: the draw renormalises over what is kept. One pass of
+    /// weighted reservoir sampling (each kept index replaces the choice with probability
+    /// weight / running total), so nothing is allocated; used only while something is
+    /// ejected or being retried, never by a healthy pick.
+    pub fn pick_where(&self, mut keep: impl FnMut(usize) -> bool) -> Option<usize> {
+        let mut total = 0u64;
+        let mut chosen = None;
+        let mut previous = 0u64;
+        for (i, &c) in self.cumulative.iter().enumerate() {
+            let w = c - previous;
+            previous = c;
+            if w == 0 || !keep(i) {
+                continue;
+            }
+            total += w;
+            if with_rng(|rng| rng.random_range(0..total)) < w {
+                chosen = Some(i);
+            }
+        }
+        chosen
+    }
+
     /// The index whose share of `[0, total)` contains `r`: the first cumulative sum above it.
     #[inline]
     fn index_of(&self, r: u64) -> usize {
@@ -88,6 +111,20 @@ mod tests {
         assert_eq!(WeightedPicker::new(&[0, 0]).pick(), None);
         assert_eq!(WeightedPicker::new(&[]).pick(), None);
         assert_eq!(WeightedPicker::new(&[0, 7, 0]).pick(), Some(1));
+    }
+
+    #[test]
+    fn pick_where_renormalises_over_what_is_kept() {
+        let p = WeightedPicker::new(&[60, 30, 10]);
+        assert_eq!(p.pick_where(|_| false), None);
+        assert_eq!(p.pick_where(|i| i == 2), Some(2));
+        let mut n = [0u32; 3];
+        for _ in 0..30_000 {
+            n[p.pick_where(|i| i != 2).unwrap()] += 1;
+        }
+        assert_eq!(n[2], 0);
+        // 2:1 between the kept two (expected 20 000 / 10 000; the bound is 10 sigma)
+        assert!((n[0] as i64 - 20_000).abs() < 820, "{n:?}");
     }
 
     #[test]
@@ -157,6 +194,15 @@ impl Schedule {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.order[n % self.order.len()] as usize
     }
+
+    /// The next entry that `keep` accepts, or `None` after a whole cycle of refusals.
+    /// Refused entries are skipped, so over a cycle every kept entry is still taken
+    /// exactly once: the kept backends keep their exact shares among themselves.
+    pub fn pick_where(&self, mut keep: impl FnMut(usize) -> bool) -> Option<usize> {
+        (0..self.order.len())
+            .map(|_| self.pick())
+            .find(|&i| keep(i))
+    }
 }
 
 /// The length of the deterministic schedule for `weights` (sum after dividing by the gcd).
@@ -201,11 +247,18 @@ impl Rendezvous {
     /// The backend index for `key`; `None` when every weight is 0.
     #[inline]
     pub fn pick(&self, key: &[u8]) -> Option<usize> {
+        self.pick_where(key, |_| true)
+    }
+
+    /// As `pick`, among the backends `keep` accepts: a key whose backend is refused moves
+    /// to its next-best one, and no other key moves.
+    #[inline]
+    pub fn pick_where(&self, key: &[u8], mut keep: impl FnMut(usize) -> bool) -> Option<usize> {
         let k = stable_hash(key);
         let mut best = None;
         let mut best_score = 0.0;
         for (i, (&seed, &w)) in self.seeds.iter().zip(self.weights.iter()).enumerate() {
-            if w <= 0.0 {
+            if w <= 0.0 || !keep(i) {
                 continue;
             }
             // 53 random bits -> u in (0, 1), never 0 or 1
@@ -242,6 +295,17 @@ fn splitmix64(mut x: u64) -> u64 {
 #[cfg(test)]
 mod policy_tests {
     use super::*;
+
+    #[test]
+    fn schedule_pick_where_keeps_exact_shares_among_the_kept() {
+        let s = Schedule::new(&[6, 3, 1]).unwrap();
+        let mut n = [0u32; 3];
+        for _ in 0..90 {
+            n[s.pick_where(|i| i != 2).unwrap()] += 1;
+        }
+        assert_eq!(n, [60, 30, 0]);
+        assert_eq!(s.pick_where(|_| false), None);
+    }
 
     #[test]
     fn schedule_windows_are_exact() {

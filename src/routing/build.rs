@@ -51,19 +51,13 @@ fn tls_clients(
 ) -> Result<FxHashMap<String, Arc<Tls>>, Vec<ConfigError>> {
     let mut clients = FxHashMap::default();
     let mut errors = Vec::new();
-    let connect = config.proxy.timeouts.connect;
     for (name, service) in &config.proxy.services {
         let Some(tls) = &service.tls else { continue };
         let previous_clients = previous.into_iter().flat_map(|t| t.tls_clients.iter());
-        let client = TlsClientKey::new(tls, connect).and_then(|key| {
+        let client = TlsClientKey::new(tls).and_then(|key| {
             match previous_clients.into_iter().find(|t| t.key == key) {
                 Some(reused) => Ok(reused.clone()),
-                None => key.build().map(|client| {
-                    Arc::new(Tls {
-                        key,
-                        client: Arc::new(client),
-                    })
-                }),
+                None => key.build().map(Arc::new),
             }
         });
         match client {
@@ -93,12 +87,14 @@ fn assemble(
     let backend_of = |split: &str, service: &str, weight: u64| {
         let counters = metrics.backend(split, service);
         let baseline = counters.total();
+        let health = metrics.health.service(service);
         Arc::new(Backend {
             service: service.to_string(),
             weight,
             header: HeaderValue::from_str(service)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
-            endpoints: Endpoints::new(&proxy.services[service].endpoints),
+            endpoints: Endpoints::new(&proxy.services[service].endpoints, &health),
+            health,
             transport: match tls.get(service) {
                 Some(t) => Transport::Tls(t.clone()),
                 None => Transport::Plain,
@@ -149,6 +145,18 @@ fn assemble(
                 Selector::StickyCookie(c.clone(), Rendezvous::new(&names, &weights))
             }
         };
+        let members = match selector {
+            Selector::Fallback => fallback.as_slice(),
+            _ => &backends,
+        };
+        let pickable = members
+            .iter()
+            .filter(|b| b.weight > 0 || matches!(selector, Selector::Fallback))
+            .count();
+        let alternatives = pickable > 1
+            || members
+                .iter()
+                .any(|b| !matches!(&b.endpoints, Endpoints::Fixed(list) if list.len() <= 1));
         splits.push(Arc::new(Split {
             config: config.clone(),
             index,
@@ -157,6 +165,7 @@ fn assemble(
             picker,
             backends,
             fallback,
+            alternatives,
             policy: (proxy.access == AccessMode::Enforce).then(|| Policy::compile(s, &config)),
             unpicked: metrics.backend(&label, NONE_LABEL),
         }));
@@ -194,6 +203,10 @@ fn assemble(
         loaded_at: SystemTime::now(),
         timeouts: proxy.timeouts,
         expose_backend: proxy.expose_backend,
+        retries: proxy.retries.attempts,
+        outlier: proxy.outlier_detection,
+        body_limit: proxy.limits.request_body_bytes,
+        health: metrics.health.global(),
         hosts,
         routes,
         splits: splits.into(),

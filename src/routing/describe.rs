@@ -21,6 +21,20 @@ impl RoutingTable {
             "listen {} ({tls}), admin {}, access {access}",
             p.listen, p.admin
         );
+        let od = &p.outlier_detection;
+        let count = |n: u32, what: &str| match n {
+            0 => format!("{what} off"),
+            n => format!("{n} {what}"),
+        };
+        let _ = writeln!(
+            out,
+            "retries {}; outlier detection: {}, {}, ejection {} (x the number of ejections), at most {}% ejected",
+            p.retries.attempts,
+            count(od.consecutive_failures, "consecutive failures"),
+            count(od.consecutive_5xx, "consecutive 5xx"),
+            humantime::format_duration(od.base_ejection_time),
+            od.max_ejected_percent
+        );
         for s in self.splits.iter() {
             let src = s.source();
             let _ = writeln!(

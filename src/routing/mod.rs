@@ -10,8 +10,8 @@
 mod build;
 pub mod describe;
 pub mod endpoints;
+mod outlier;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,14 +19,16 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
 use rustc_hash::FxHashMap;
 
 use crate::access::{Policy, Principal};
-use crate::config::{Config, HttpMatch, Timeouts, TrafficSplit};
+use crate::config::{Config, HttpMatch, OutlierDetection, Timeouts, TrafficSplit};
+use crate::health::{Global, ServiceHealth};
 use crate::metrics::BackendCounters;
 use crate::response::ProxyError;
 use crate::split::{with_rng, Rendezvous, Schedule, WeightedPicker};
 use crate::upstream::{Tls, Transport};
 
 pub use self::describe::diff;
-pub use self::endpoints::{Endpoints, DNS_REFRESH};
+pub use self::endpoints::{Endpoints, Picked, DNS_REFRESH};
+pub use self::outlier::Tried;
 
 pub struct RoutingTable {
     /// 1 for the first configuration loaded, +1 per successful reload.
@@ -35,6 +37,13 @@ pub struct RoutingTable {
     pub config: Arc<Config>,
     pub timeouts: Timeouts,
     pub expose_backend: bool,
+    /// `retries.attempts`: extra tries of a request that never reached a backend.
+    pub retries: u32,
+    pub outlier: OutlierDetection,
+    /// `limits.requestBodyBytes`; `None`: unlimited.
+    pub body_limit: Option<u64>,
+    /// Endpoint health: the one load a healthy pick makes.
+    pub health: Arc<Global>,
     hosts: FxHashMap<Box<str>, usize>,
     routes: Box<[Route]>,
     splits: Box<[Arc<Split>]>,
@@ -66,6 +75,10 @@ pub struct Split {
     pub policy: Option<Policy>,
     /// Where the split's requests that reach no backend are counted (403, 503).
     unpicked: Arc<BackendCounters>,
+    /// A failed request has somewhere else to go: more than one member that can be
+    /// picked, or a member with more than one endpoint (or DNS names, which may resolve
+    /// to several). Without, no retry is possible and no replay copy is taken.
+    pub alternatives: bool,
 }
 
 pub struct Backend {
@@ -74,6 +87,8 @@ pub struct Backend {
     /// `x-splitproxy-backend` value, made once.
     pub header: HeaderValue,
     pub endpoints: Endpoints,
+    /// The service's endpoint health, shared with every split that uses the service.
+    pub health: Arc<ServiceHealth>,
     pub transport: Transport,
     pub counters: Arc<BackendCounters>,
     /// The backend's request count when this table was built: `/routes` shows the
@@ -81,12 +96,13 @@ pub struct Backend {
     pub baseline: u64,
 }
 
-/// A routed request: the split, its picked backend and endpoint, and the cookie that keeps
-/// a sticky client where it landed.
+/// A routed request: the split, its picked backend (`slot` in `split.members()`) and
+/// endpoint, and the cookie that keeps a sticky client where it landed.
 pub struct Routed<'t> {
     pub split: &'t Split,
+    pub slot: usize,
     pub backend: &'t Arc<Backend>,
-    pub addr: SocketAddr,
+    pub endpoint: Picked,
     pub set_cookie: Option<HeaderValue>,
 }
 
@@ -140,20 +156,37 @@ impl RoutingTable {
                 return Err(refuse(&split.unpicked, error));
             }
         }
-        let (backend, set_cookie) = split.pick(headers);
-        let Some(backend) = backend else {
+        // while nothing in the process is ejected, this one load is all outlier detection costs
+        let (slot, endpoint, set_cookie) = if self.health.any_ejected() {
+            split.pick_live(headers, self.health.now())
+        } else {
+            let (slot, cookie) = split.pick_slot(headers);
+            (
+                slot,
+                slot.and_then(|i| split.members()[i].endpoints.pick_index()),
+                cookie,
+            )
+        };
+        let Some(slot) = slot else {
             let src = split.source();
-            let error = ProxyError::NoBackend(format!("{}/{}", src.namespace, src.name));
+            let label = format!("{}/{}", src.namespace, src.name);
+            let error = if split.members().is_empty() {
+                ProxyError::NoBackend(label)
+            } else {
+                ProxyError::NoLiveBackend(label)
+            };
             return Err(refuse(&split.unpicked, error));
         };
-        let Some(addr) = backend.endpoints.pick() else {
+        let backend = &split.members()[slot];
+        let Some(endpoint) = endpoint else {
             let error = ProxyError::NoEndpoint(backend.service.clone());
             return Err(refuse(&backend.counters, error));
         };
         Ok(Routed {
             split,
+            slot,
             backend,
-            addr,
+            endpoint,
             set_cookie,
         })
     }
@@ -273,21 +306,73 @@ impl Split {
     /// `set-cookie` value that keeps the client on the backend it got.
     #[inline]
     pub fn pick(&self, headers: &HeaderMap) -> (Option<&Arc<Backend>>, Option<HeaderValue>) {
+        let (slot, cookie) = self.pick_slot(headers);
+        (slot.map(|i| &self.members()[i]), cookie)
+    }
+
+    /// As `pick`, as a place in `members()`.
+    #[inline]
+    pub fn pick_slot(&self, headers: &HeaderMap) -> (Option<usize>, Option<HeaderValue>) {
+        self.select(headers, None::<fn(usize) -> bool>)
+    }
+
+    /// What a request can be sent to: the backends, or the fallback alone when every
+    /// weight is 0 (empty without one).
+    #[inline]
+    pub fn members(&self) -> &[Arc<Backend>] {
+        match self.selector {
+            Selector::Fallback => self.fallback.as_slice(),
+            _ => &self.backends,
+        }
+    }
+
+    /// Where the split's requests that reach no backend are counted.
+    pub fn unpicked(&self) -> &BackendCounters {
+        &self.unpicked
+    }
+
+    /// The selection policy's choice of a member, among those `keep` accepts when given
+    /// (a masked choice renormalises over them: `split::WeightedPicker::pick_where`).
+    #[inline]
+    fn select<K: FnMut(usize) -> bool>(
+        &self,
+        headers: &HeaderMap,
+        mut keep: Option<K>,
+    ) -> (Option<usize>, Option<HeaderValue>) {
         let mut cookie = None;
+        let random = |keep: &mut Option<K>| match keep {
+            None => self.picker.pick(),
+            Some(k) => self.picker.pick_where(k),
+        };
         let index = match &self.selector {
-            Selector::Fallback => None,
-            Selector::Random => self.picker.pick(),
-            Selector::Deterministic(schedule) => Some(schedule.pick()),
+            Selector::Fallback => {
+                let kept = keep.as_mut().map_or(true, |k| k(0));
+                (self.fallback.is_some() && kept).then_some(0)
+            }
+            Selector::Random => random(&mut keep),
+            Selector::Deterministic(schedule) => match &mut keep {
+                None => Some(schedule.pick()),
+                Some(k) => schedule.pick_where(k),
+            },
             Selector::StickyHeader(name, hash) => match headers.get(name) {
-                Some(key) => hash.pick(key.as_bytes()),
-                None => self.picker.pick(),
+                Some(key) => match &mut keep {
+                    None => hash.pick(key.as_bytes()),
+                    Some(k) => hash.pick_where(key.as_bytes(), k),
+                },
+                None => random(&mut keep),
             },
             Selector::StickyCookie(name, hash) => match cookie_value(headers, name) {
-                Some(key) => hash.pick(key),
+                Some(key) => match &mut keep {
+                    None => hash.pick(key),
+                    Some(k) => hash.pick_where(key, k),
+                },
                 None => {
                     // a fresh random key: rendezvous on a random key is a weighted random pick
                     let key = format!("{:016x}", with_rng(rand::Rng::random::<u64>));
-                    let index = hash.pick(key.as_bytes());
+                    let index = match &mut keep {
+                        None => hash.pick(key.as_bytes()),
+                        Some(k) => hash.pick_where(key.as_bytes(), k),
+                    };
                     if index.is_some() {
                         cookie = HeaderValue::try_from(format!("{name}={key}; Path=/")).ok();
                     }
@@ -295,10 +380,7 @@ impl Split {
                 }
             },
         };
-        match index {
-            Some(i) => (Some(&self.backends[i]), cookie),
-            None => (self.fallback.as_ref(), None),
-        }
+        (index, cookie)
     }
 
     pub fn total_weight(&self) -> u64 {

@@ -1,8 +1,12 @@
-//! Requests to backends. `Upstream` is one worker's client: it chooses, per backend's
-//! `Transport`, between the worker's own plain HTTP/1.1 pool (`pool`) and the backend's
-//! shared TLS-originating client (`tls`). A response body gives its connection back to the
-//! pool when it ends.
+//! Requests to backends. `Upstream` is one worker's client: its own pool of HTTP/1.1
+//! connections (`pool`), plain and TLS-originating (`tls`) alike, keyed so the two never
+//! mix. A response body gives its connection back to the pool when it ends.
+//!
+//! A send that never wrote its request (the connection could not be opened, or a pooled
+//! one was found closed first) hands the request back in `SendError::unsent`: the caller
+//! may try it elsewhere. A request the send consumed may have reached the backend.
 
+pub mod body;
 pub mod pool;
 pub mod tls;
 
@@ -14,23 +18,35 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::rt::{Read, Write};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-pub use self::pool::Pool;
-pub use self::tls::{Tls, TlsClient, TlsClientError, TlsClientKey};
+pub use self::body::{BodyError, RequestBody};
+pub use self::pool::{Pool, PoolKey};
+pub use self::tls::{Tls, TlsClientError, TlsClientKey};
 
 /// How a backend is reached; settled when the routing table is built.
 pub enum Transport {
-    /// Plain HTTP/1.1 through the worker's pool.
+    /// Plain HTTP/1.1.
     Plain,
-    /// HTTPS (optionally mTLS) through a pooled client shared by the workers.
+    /// HTTPS (optionally mTLS).
     Tls(Arc<Tls>),
+}
+
+impl Transport {
+    /// The pool key part of this transport: 0 for plain, the TLS client's id otherwise.
+    #[inline]
+    pub fn id(&self) -> u64 {
+        match self {
+            Transport::Plain => 0,
+            Transport::Tls(tls) => tls.id,
+        }
+    }
 }
 
 /// Why an upstream request got no response head.
@@ -40,21 +56,44 @@ pub enum UpstreamError {
     Connect(#[source] std::io::Error),
     #[error("connect timed out after {}", humantime::format_duration(*.0))]
     ConnectTimeout(Duration),
+    #[error("TLS handshake failed")]
+    Handshake(#[source] std::io::Error),
     #[error("HTTP/1.1 exchange failed")]
     Http(#[from] hyper::Error),
-    #[error("HTTPS exchange failed")]
-    Tls(#[from] hyper_util::client::legacy::Error),
 }
 
 impl UpstreamError {
     /// The upstream could not be reached (as opposed to failing mid-request).
     pub fn is_connect(&self) -> bool {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) => true,
+            UpstreamError::Connect(_)
+            | UpstreamError::ConnectTimeout(_)
+            | UpstreamError::Handshake(_) => true,
             UpstreamError::Http(_) => false,
-            UpstreamError::Tls(e) => e.is_connect(),
         }
     }
+
+    /// The client's request body failed (it is the cause of the exchange's failure, not
+    /// the backend).
+    pub fn body_error(&self) -> Option<&BodyError> {
+        let UpstreamError::Http(e) = self else {
+            return None;
+        };
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(b) = s.downcast_ref::<BodyError>() {
+                return Some(b);
+            }
+            source = s.source();
+        }
+        None
+    }
+}
+
+/// A send that got no response head, with the request when it was never written.
+pub struct SendError {
+    pub error: UpstreamError,
+    pub unsent: Option<Request<RequestBody>>,
 }
 
 /// One worker's upstream client.
@@ -67,74 +106,105 @@ impl Upstream {
         Upstream { pool }
     }
 
-    /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says.
+    /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says: on an
+    /// idle pooled connection, or a new one. A request that a reused connection closed
+    /// before it was written goes out again on the next one, or a new one, as hyper-util's
+    /// client does.
     pub async fn send(
         &self,
         transport: &Transport,
         addr: SocketAddr,
         connect_timeout: Duration,
-        req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match transport {
-            Transport::Plain => self.send_plain(addr, connect_timeout, req).await,
-            Transport::Tls(tls) => {
-                let resp = tls.client.request(absolute(req, addr)).await?;
-                Ok(resp.map(|inner| UpstreamBody { inner, back: None }))
-            }
-        }
-    }
-
-    /// On an idle pooled connection, or a new one. A request that a reused connection
-    /// closed before it was written goes out again on a new connection, as hyper-util's
-    /// client does.
-    async fn send_plain(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        while let Some(mut sender) = self.pool.take(addr) {
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let key = PoolKey {
+            addr,
+            transport: transport.id(),
+        };
+        while let Some(mut sender) = self.pool.take(key) {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, sender, addr)),
+                Ok(resp) => return Ok(self.pooled(resp, sender, key)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
+                    None => {
+                        return Err(SendError {
+                            error: e.into_error().into(),
+                            unsent: None,
+                        })
+                    }
                 },
             }
         }
-        let mut sender = connect(addr, connect_timeout).await?;
-        let resp = sender.send_request(req).await?;
-        Ok(self.pooled(resp, sender, addr))
+        let mut sender = match connect(transport, addr, connect_timeout).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(req),
+                })
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.pooled(resp, sender, key)),
+            Err(mut e) => Err(SendError {
+                unsent: e.take_message(),
+                error: e.into_error().into(),
+            }),
+        }
     }
 
     fn pooled(
         &self,
         resp: Response<Incoming>,
-        sender: SendRequest<Incoming>,
-        addr: SocketAddr,
+        sender: SendRequest<RequestBody>,
+        key: PoolKey,
     ) -> Response<UpstreamBody> {
         // a 101 hands the connection to the tunnel; it never comes back
         let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| (self.pool.clone(), addr, sender));
+            .then(|| (self.pool.clone(), key, sender));
         resp.map(|inner| UpstreamBody { inner, back })
     }
 }
 
+/// A new connection: TCP, the TLS handshake when the transport says so, HTTP/1.1; all of
+/// it within `timeout`.
 async fn connect(
+    transport: &Transport,
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<SendRequest<Incoming>, UpstreamError> {
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-        Err(_) => return Err(UpstreamError::ConnectTimeout(timeout)),
+) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    let connecting = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        match transport {
+            Transport::Plain => handshake(TokioIo::new(tcp)).await,
+            Transport::Tls(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(UpstreamError::Handshake)?;
+                handshake(TokioIo::new(stream)).await
+            }
+        }
     };
-    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(connected) => connected,
+        Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<RequestBody>, UpstreamError>
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(io)
         .await?;
     // on the runtime's scheduler, not the LocalSet: the LocalSet variant measured worse on
     // plain HTTP/1.1 (README, Performance, "Structure round")
@@ -146,30 +216,17 @@ async fn connect(
     Ok(sender)
 }
 
-/// hyper-util's client wants an absolute URI: `https://addr/path?query`.
-fn absolute(mut req: Request<Incoming>, addr: SocketAddr) -> Request<Incoming> {
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTPS);
-    // formatting an address cannot produce an invalid authority; the fallback is never used
-    parts.authority = Authority::try_from(addr.to_string()).ok();
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-    req
-}
-
 /// A backend's response body. When it ends, the connection it came on goes back to the
 /// pool; dropped before its end, the connection closes (HTTP/1.1 cannot skip the rest).
 pub struct UpstreamBody {
     inner: Incoming,
-    back: Option<(Rc<Pool>, SocketAddr, SendRequest<Incoming>)>,
+    back: Option<(Rc<Pool>, PoolKey, SendRequest<RequestBody>)>,
 }
 
 impl UpstreamBody {
     fn give_back(&mut self) {
-        if let Some((pool, addr, sender)) = self.back.take() {
-            pool.put(addr, sender);
+        if let Some((pool, key, sender)) = self.back.take() {
+            pool.put(key, sender);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One worker's idle plain HTTP/1.1 connections to backends. A worker is one thread with a
+//! One worker's idle HTTP/1.1 connections to backends, plain and TLS, keyed by endpoint
+//! and transport so the two never mix. A worker is one thread with a
 //! current-thread runtime and every task of its connections is local to it, so the pool
 //! is a `RefCell` behind an `Rc`: taking or returning a connection costs no lock, no
 //! atomic and no task wake-up.
@@ -8,9 +9,18 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use rustc_hash::FxHashMap;
+
+use super::body::RequestBody;
+
+/// Which connections may serve a request: same endpoint, same transport (`Transport::id`:
+/// 0 for plain, a TLS client's own id otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub transport: u64,
+}
 
 /// How long an idle pooled upstream connection is kept (hyper-util's client default).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -21,13 +31,13 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 pub struct Pool {
     /// Idle connections by endpoint, most recently used last.
-    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<PoolKey, Vec<Idle>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -40,10 +50,10 @@ impl Pool {
         })
     }
 
-    /// The most recently used open idle connection to `addr`; closed ones are dropped.
-    pub fn take(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    /// The most recently used open idle connection for `key`; closed ones are dropped.
+    pub fn take(&self, key: PoolKey) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(i) = list.pop() {
             if !i.sender.is_closed() {
                 return Some(i.sender);
@@ -54,13 +64,13 @@ impl Pool {
 
     /// Return a connection whose response has ended. Over the cap, or idle too long at the
     /// front of the list, the oldest ones are closed.
-    pub fn put(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
+    pub fn put(&self, key: PoolKey, sender: SendRequest<RequestBody>) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         let expired = list
             .iter()
             .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
@@ -70,10 +80,10 @@ impl Pool {
         list.push(Idle { sender, since: now });
     }
 
-    /// Idle connections to `addr`.
+    /// Idle connections for `key`.
     #[cfg(test)]
-    fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.borrow().get(&addr).map_or(0, Vec::len)
+    fn idle_count(&self, key: PoolKey) -> usize {
+        self.idle.borrow().get(&key).map_or(0, Vec::len)
     }
 
     /// Close connections idle longer than the idle timeout, every third of it, until the
@@ -107,7 +117,7 @@ mod tests {
 
     /// A backend that accepts any number of connections and never answers: enough for
     /// handshakes, and every connection stays open.
-    async fn backend() -> SocketAddr {
+    async fn backend() -> PoolKey {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -116,11 +126,11 @@ mod tests {
                 held.push(tcp);
             }
         });
-        addr
+        PoolKey { addr, transport: 0 }
     }
 
-    async fn connection(addr: SocketAddr) -> SendRequest<Incoming> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    async fn connection(key: PoolKey) -> SendRequest<RequestBody> {
+        let tcp = tokio::net::TcpStream::connect(key.addr).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
@@ -142,6 +152,11 @@ mod tests {
         assert!(pool.take(a).is_some());
         assert!(pool.take(a).is_some());
         assert!(pool.take(a).is_none());
+        // the same endpoint over another transport is another pool entry
+        pool.put(b, connection(b).await);
+        let b_tls = PoolKey { transport: 7, ..b };
+        assert!(pool.take(b_tls).is_none());
+        assert_eq!(pool.idle_count(b), 2);
 
         // idle past the timeout: closed when the next one comes back
         let pool = Pool::new(8, Duration::from_millis(1));

@@ -1,33 +1,21 @@
-//! TLS origination to HTTPS backends: hyper-util's pooled client over hyper-rustls,
-//! verifying the backend against its configured CA and presenting the proxy's client
-//! certificate when one is configured. A client is built when a table is built and
-//! reused by the next table when nothing about it changed, so its pool survives reloads.
+//! TLS origination to HTTPS backends: one service's rustls client settings, verifying the
+//! backend against its configured CA as its configured server name and presenting the
+//! proxy's client certificate when one is configured. The workers' pools open the
+//! connections (`Upstream`), so TLS and plain connections share one pool and one send
+//! path, keyed apart by `Tls::id`. A `Tls` is built when a table is built and reused by
+//! the next table when nothing about it changed, so its id, and with it the pooled
+//! connections, survive reloads.
 
-use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http::Uri;
-use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamTls;
-
-use super::pool::IDLE_TIMEOUT;
-
-/// A pooled client that originates TLS (HTTPS upstream, optionally with a client
-/// certificate).
-pub type TlsClient = Client<HttpsConnector<TimeoutConnector>, Incoming>;
 
 /// Why a TLS client could not be built; reported as a configuration error of the service.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +41,11 @@ pub struct TlsClientKey {
     tls: UpstreamTls,
     /// Hash of the CA, certificate and key files' contents: a rotated file is a change.
     files: u64,
-    connect_timeout: Duration,
 }
 
 impl TlsClientKey {
     /// Reads the files the settings name.
-    pub fn new(tls: &UpstreamTls, connect_timeout: Duration) -> Result<Self, TlsClientError> {
+    pub fn new(tls: &UpstreamTls) -> Result<Self, TlsClientError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let client = tls.client.iter().flat_map(|(c, k)| [c, k]);
         for f in std::iter::once(&tls.ca).chain(client) {
@@ -72,13 +59,12 @@ impl TlsClientKey {
         Ok(TlsClientKey {
             tls: tls.clone(),
             files: hasher.finish(),
-            connect_timeout,
         })
     }
 
     /// The client: verifies the server against `tls.ca` as the server name, presents the
-    /// client certificate when configured.
-    pub fn build(&self) -> Result<TlsClient, TlsClientError> {
+    /// client certificate when configured, offers HTTP/1.1 by ALPN.
+    pub fn build(self) -> Result<Tls, TlsClientError> {
         let tls = &self.tls;
         let pem = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsClientError::Pem {
             path: path.display().to_string(),
@@ -92,7 +78,7 @@ impl TlsClientKey {
         let builder = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
-        let config = match &tls.client {
+        let mut config = match &tls.client {
             Some((cert, key)) => {
                 let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
                     .and_then(|i| i.collect::<Result<_, _>>())
@@ -110,60 +96,26 @@ impl TlsClientKey {
                 name: server_name.clone(),
                 reason: e.to_string(),
             })?;
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_only()
-            .with_server_name_resolver(FixedServerNameResolver::new(name))
-            .enable_http1()
-            .wrap_connector(TimeoutConnector {
-                inner: http,
-                timeout: self.connect_timeout,
-            });
-        Ok(Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(https))
-    }
-}
-
-/// `HttpConnector` with a connect timeout.
-#[derive(Clone)]
-pub struct TimeoutConnector {
-    inner: HttpConnector,
-    timeout: Duration,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower_service::Service<Uri> for TimeoutConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.timeout;
-        let connecting = self.inner.call(uri);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(Ok(io)) => Ok(io),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(Box::new(super::UpstreamError::ConnectTimeout(timeout)) as BoxError),
-            }
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name: name,
+            key: self,
         })
     }
 }
+
+/// Ids of TLS clients; 0 is the plain transport.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A built client with the key it was built from, shared by every backend of a table
 /// that uses the same settings.
 pub struct Tls {
     pub key: TlsClientKey,
-    pub client: Arc<TlsClient>,
+    /// Pools key connections by it: connections of other TLS settings (or plain ones,
+    /// id 0) are never reused for this client's backends.
+    pub id: u64,
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
 }

@@ -13,4 +13,5 @@ mod policies;
 mod proxy;
 mod quiet;
 mod reload;
+mod resilience;
 mod tls;

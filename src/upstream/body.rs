@@ -1,0 +1,102 @@
+//! The request body on its way upstream: the client's body, streamed through untouched,
+//! with two checks on the way. A chunked body (no length known in advance) that grows past
+//! `limits.requestBodyBytes` is cut with `BodyError::TooLarge`; a Content-Length over the
+//! limit never gets here (the proxy answers 413 before sending anything). An error reading
+//! the client's body (a bad chunk size, a client gone mid-body) becomes
+//! `BodyError::Malformed`.
+//!
+//! Either error aborts hyper's exchange with the backend: the upstream connection is closed
+//! (hyper never pools a connection whose request body failed) and the error comes back as
+//! the cause of the send's `hyper::Error`, where `UpstreamError::body_error` finds it, so
+//! the client gets 400 or 413 and the endpoint is not blamed. No state is shared with the
+//! request path: the error itself carries the news.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Why the client's body could not be sent upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("malformed request body")]
+    Malformed(#[source] hyper::Error),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+/// A request body sent upstream: the client's, or none (a replayed request that had none).
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    /// Bytes still allowed; `u64::MAX` when nothing is counted (no limit, or a length the
+    /// proxy already checked).
+    remaining: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    /// The client's body, cut past `limit` bytes when given (for a body of unknown length).
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        let counted = limit.filter(|_| inner.size_hint().exact().is_none());
+        RequestBody {
+            inner: Some(inner),
+            remaining: counted.unwrap_or(u64::MAX),
+            limit: counted.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            remaining: u64::MAX,
+            limit: u64::MAX,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if self.remaining != u64::MAX {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if n > self.remaining {
+                        // nothing more is read: the rest of the body stays with the client
+                        self.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(self.limit))));
+                    }
+                    self.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Malformed(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().map_or(true, Body::is_end_stream)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
