@@ -183,6 +183,12 @@ impl RoutingTable {
     pub fn splits(&self) -> &[Arc<Split>] {
         &self.splits
     }
+
+    /// The series of the proxy's own answers that reach no split (no host, no route, and
+    /// the connection-level ones: a refused head, 408, 431).
+    pub fn unrouted(&self) -> &Arc<BackendCounters> {
+        &self.unrouted
+    }
 }
 
 /// The host the client addressed: `:authority` (h2, absolute-form) or `Host`.
