@@ -57,6 +57,13 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// parsing again.
 const POISON: &[u8] = b"\0\r\n\r\n";
 
+/// After refusing a request, how long and how much of what the client still sends is
+/// read away before the close: closing with unread bytes makes the kernel reset the
+/// connection, which can destroy the answer before the client reads it (nginx's
+/// lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Connected, nothing read yet.
@@ -79,6 +86,18 @@ enum Stop {
     Head(HeadError),
     /// A bad body: every further read fails.
     Body(BodyError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    No,
+    /// To do at shutdown.
+    Due,
+    /// Our side is shut; reading away until EOF, the deadline or `left` bytes.
+    Draining {
+        until: Instant,
+        left: usize,
+    },
 }
 
 /// A protocol-switch request waiting for its response.
@@ -114,6 +133,8 @@ pub struct H1Guard<I> {
     own: Option<(Vec<u8>, usize)>,
     /// After our 408: end the connection once it is written.
     close_after_own: bool,
+    /// A refused request: read the rest away at shutdown (`LINGER_TIME`).
+    linger: Linger,
     /// The series the proxy's own answers that reach no split are counted in.
     unrouted: Arc<BackendCounters>,
 }
@@ -148,6 +169,7 @@ impl<I> H1Guard<I> {
             stop: Stop::No,
             own: None,
             close_after_own: false,
+            linger: Linger::No,
             unrouted,
         }
     }
@@ -220,6 +242,7 @@ impl<I> H1Guard<I> {
             Verdict::BadBody { at, error } => {
                 tracing::debug!("request body refused: {}", error.reason());
                 self.stop = Stop::Body(error);
+                self.linger = Linger::Due;
                 at
             }
         };
@@ -319,6 +342,7 @@ impl<I> H1Guard<I> {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         self.count(status);
         self.own = Some((response(status, text), 0));
+        self.linger = Linger::Due;
     }
 
     fn count(&self, status: StatusCode) {
@@ -455,6 +479,50 @@ impl<I: AsyncRead + AsyncWrite + Unpin> H1Guard<I> {
         Poll::Ready(Ok(()))
     }
 
+    /// Shut our side, then read away what the client still sends (see `LINGER_TIME`).
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.linger {
+                Linger::No => return Poll::Ready(Ok(())),
+                Linger::Due => {
+                    std::task::ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+                    self.linger = Linger::Draining {
+                        until: Instant::now() + LINGER_TIME,
+                        left: LINGER_BYTES,
+                    };
+                }
+                Linger::Draining { until, left } => {
+                    let mut scratch = [0u8; 4096];
+                    let mut rb = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                            let left = left.saturating_sub(rb.filled().len());
+                            self.linger = if left == 0 {
+                                Linger::No
+                            } else {
+                                Linger::Draining { until, left }
+                            };
+                        }
+                        // EOF, or an error: nothing more will come
+                        Poll::Ready(_) => self.linger = Linger::No,
+                        Poll::Pending => {
+                            if Instant::now() >= until {
+                                self.linger = Linger::No;
+                                continue;
+                            }
+                            self.timer.as_mut().reset(until);
+                            if self.timer.as_mut().poll(cx).is_ready() {
+                                self.linger = Linger::No;
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.poll_own(cx) {
             Poll::Ready(_) => {
@@ -570,7 +638,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H1Guard<I> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger == Linger::No {
+            return Pin::new(&mut this.io).poll_shutdown(cx);
+        }
+        this.poll_linger(cx)
     }
 }
 
