@@ -6,6 +6,7 @@ mod support;
 
 mod config;
 mod demo;
+mod hostile;
 mod lifecycle;
 mod measure;
 mod policies;
