@@ -88,7 +88,10 @@ impl Probe {
                         let state = state.clone();
                         async move { Ok::<_, std::convert::Infallible>(answer(state, req).await) }
                     });
+                    // takes big heads: the proxy's limits are under test, not hyper's
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .max_headers(2000)
+                        .max_buf_size(2 << 20)
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
                 });
@@ -393,6 +396,32 @@ async fn well_formed_requests_still_pass() {
         assert!(body.is_empty());
     }
     assert_eq!(rig.probe.bodies(), 6);
+}
+
+/// Limits above hyper's own defaults (100 fields, a ~400 KiB buffer) are the limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_above_hypers_defaults_are_honoured() {
+    let rig = Rig::start("limits:\n  requestHeaders: 1000\n  requestHeaderBytes: 1MiB").await;
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n");
+    for i in 0..500 {
+        head.push_str(&format!("x-h-{i}: {i}\r\n"));
+    }
+    head.push_str(&format!("x-big: {}\r\n\r\n", "a".repeat(600 * 1024)));
+    for tls in [false, true] {
+        let answer = rig.exchange(tls, head.as_bytes()).await;
+        assert_eq!(
+            statuses(&answer),
+            [200],
+            "{}",
+            &answer[..answer.len().min(300)]
+        );
+        assert_eq!(rig.probe.last().0["x-h-499"], "499");
+    }
+    // and over them, still the proxy's answer
+    let over = head.replace("x-big: ", &format!("x-bigger: {}", "b".repeat(500 * 1024)));
+    let answer = rig.exchange(false, over.as_bytes()).await;
+    assert_eq!(statuses(&answer), [431], "{answer}");
+    assert_eq!(rig.probe.hits(), 2);
 }
 
 // === HTTP/1.1 bodies ===
