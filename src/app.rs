@@ -116,12 +116,13 @@ impl Server {
 
         let (stop_accepting, accepting) = watch::channel(false);
         let mut serving = Vec::with_capacity(listeners.len());
+        let cap = server::ConnectionCap::new(proxy.limits.connections);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
-            let (live, accepting) = (live.clone(), accepting.clone());
+            let (live, accepting, cap) = (live.clone(), accepting.clone(), cap.clone());
             std::thread::Builder::new()
                 .name(format!("splitproxy-worker-{index}"))
-                .spawn(move || run_worker(listener, live, accepting, tx))
+                .spawn(move || run_worker(listener, live, accepting, cap, tx))
                 .map_err(|source| StartError::Worker { index, source })?;
             serving.push(rx);
         }
@@ -213,6 +214,7 @@ fn run_worker(
     listener: std::net::TcpListener,
     live: Arc<Live>,
     accepting: watch::Receiver<bool>,
+    cap: server::ConnectionCap,
     done: oneshot::Sender<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -240,7 +242,7 @@ fn run_worker(
             live,
             upstream: Upstream::new(pool),
         });
-        server::serve(listener, worker, accepting).await;
+        server::serve(listener, worker, accepting, cap).await;
         sweep.abort();
     });
     let _ = done.send(());

@@ -319,20 +319,22 @@ pub fn prepare_request<B>(
     };
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
 
-    // Host as the client sent it; h2 carries it in :authority only.
-    let host = match req.headers().get(header::HOST) {
-        Some(h) => h.clone(),
-        None => match req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            Some(h) => {
+    // The backend gets the Host the route was chosen by (`routing::request_host`): the
+    // authority of an h2 request or of an absolute-form target wins over a `host` header
+    // (RFC 9113 section 8.3.1, RFC 9112 section 3.2.2); else Host as the client sent it.
+    let host = match req.uri().authority() {
+        Some(authority) => match HeaderValue::from_str(authority.as_str()) {
+            Ok(h) => {
                 req.headers_mut().insert(header::HOST, h.clone());
                 h
             }
-            None => HeaderValue::from_static(""),
+            Err(_) => HeaderValue::from_static(""),
         },
+        None => req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("")),
     };
 
     // the usual HTTP/1.1 request is origin-form already: nothing to rebuild
@@ -389,16 +391,25 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// messages carry none of them, and a pass of cheap name comparisons costs less than one
 /// hashed lookup per name.
 const CONNECTION_BIT: u16 = 1;
-/// The hop-by-hop set of RFC 9110 section 7.6.1 besides `Connection`, with bits 1..=6.
-static HOP_BY_HOP: [&HeaderName; 6] = [
+/// The hop-by-hop set of RFC 9110 section 7.6.1 besides `Connection`, and the proxy
+/// credentials of the hop (`Proxy-Authorization`, `Proxy-Authenticate`), with bits 1..=7.
+/// Removed from requests and from responses.
+static HOP_BY_HOP: [&HeaderName; 7] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
 ];
-const XFCC_BIT: u16 = 1 << 7;
+const XFCC_BIT: u16 = 1 << 8;
+/// What `Connection` may never nominate away: the message's host and its framing.
+static NEVER_NOMINATED: [&HeaderName; 3] = [
+    &header::HOST,
+    &header::CONTENT_LENGTH,
+    &header::TRANSFER_ENCODING,
+];
 
 fn scan(headers: &HeaderMap) -> u16 {
     let mut seen = 0;
@@ -438,8 +449,9 @@ fn strip_seen(headers: &mut HeaderMap, seen: u16) {
             {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(t) {
-                named.push(name);
+            match HeaderName::from_bytes(t) {
+                Ok(name) if !NEVER_NOMINATED.contains(&&name) => named.push(name),
+                _ => {}
             }
         }
         for name in named {
@@ -523,7 +535,14 @@ mod tests {
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         strip_hop_by_hop(&mut h);
@@ -533,6 +552,47 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn connection_never_nominates_the_host_or_the_framing_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, content-length, x-a, Transfer-Encoding"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("web"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        // end to end (RFC 9110 section 6.6.2): it names the trailer fields
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(h[header::HOST], "web");
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
+        assert!(h.contains_key(header::TRAILER));
+    }
+
+    #[test]
+    fn the_authority_is_the_host_the_backend_gets() {
+        let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 1)), true, None, None);
+        let mut req = Request::get("https://web.default:8443/p?q")
+            .version(Version::HTTP_2)
+            .header(header::HOST, "evil")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &conn);
+        assert_eq!(req.uri(), "/p?q");
+        assert_eq!(req.headers()[header::HOST], "web.default:8443");
+        assert_eq!(req.headers()[&X_FORWARDED_HOST], "web.default:8443");
+        assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
+        // origin-form: Host as the client sent it
+        let mut req = Request::get("/p")
+            .header(header::HOST, "Web")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &conn);
+        assert_eq!(req.headers()[header::HOST], "Web");
     }
 
     #[test]

@@ -147,6 +147,12 @@ impl Reloader {
                 old_proxy.admin
             );
         }
+        if old_proxy.limits.connections != new_proxy.limits.connections {
+            tracing::warn!(
+                "{}: spec.limits.connections takes effect at the next start",
+                new_proxy.origin
+            );
+        }
         if old_proxy.tls.is_some() != new_proxy.tls.is_some() {
             tracing::warn!(
                 "{}: adding or removing spec.tls takes effect at the next start",

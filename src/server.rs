@@ -1,17 +1,22 @@
-//! The proxy listener of one worker: accept, then `serve_conn` per connection: the TLS
-//! handshake (when configured), then hyper-util's auto server (HTTP/1.1 and HTTP/2, h2c
-//! prior knowledge on plain listeners) with every request going to `proxy::handle`. Each
-//! connection is watched for graceful shutdown.
+//! The proxy listener of one worker: accept (under the process-wide connection cap), then
+//! `serve_conn` per connection: the TLS handshake (when configured), then hyper-util's
+//! auto server (HTTP/1.1 and HTTP/2, h2c prior knowledge on plain listeners; HTTP/2 only
+//! when ALPN chose it) behind `H1Guard`, with every request going to `proxy::handle`.
+//! hyper's limits come from `limits`. Each connection is watched for graceful shutdown.
 //!
 //! A worker is one thread: its connection tasks are spawned on its `LocalSet`, so what
 //! they share (`Worker`, the connection's `ConnInfo`) is an `Rc`, never an atomic count.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use http::{Request, StatusCode, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,29 +24,110 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::config::Timeouts;
+use crate::config::{Limits, Timeouts};
 use crate::h1guard::H1Guard;
 use crate::live::Worker;
+use crate::metrics::BackendCounters;
 use crate::proxy::{self, ConnInfo};
-use crate::response::error_chain;
+use crate::response::{error_chain, local_response, Body};
 use crate::tls;
 
 /// Pause after an accept error (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// hyper's HTTP/1 defaults, raised to the configured limits when those are higher, so that
+/// H1Guard's scanner, not hyper, answers a head over the limits.
+const HYPER_MAX_HEADERS: usize = 100;
+const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
+
+/// HTTP/2 streams a client may reset before the proxy accepted them (h2's default), and
+/// streams the proxy may reset for the client's errors, before the connection gets a
+/// GOAWAY: a rapid-reset flood (CVE-2023-44487) costs its own connection, not the process.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The process-wide cap on open downstream connections (`limits.connections`), shared by
+/// every worker. Fixed at start, as `listen` is: a reload that changes it is logged.
+///
+/// A worker accepts only while the cap has room, so at the cap further connections wait
+/// in the kernel's accept queue. Room is not taken before the accept: with SO_REUSEPORT
+/// each worker has its own queue, and a slot held by a worker whose queue stays empty
+/// would keep a connection in another worker's queue waiting. Two workers that race for
+/// the last slot: the loser keeps its one accepted connection until a slot frees.
+#[derive(Clone, Default)]
+pub struct ConnectionCap(Option<Arc<Slots>>);
+
+struct Slots {
+    free: Semaphore,
+    freed: Notify,
+}
+
+/// A connection's place under the cap, given back when the connection ends.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.free.add_permits(1);
+        self.0.freed.notify_waiters();
+    }
+}
+
+impl ConnectionCap {
+    pub fn new(limit: Option<usize>) -> Self {
+        ConnectionCap(limit.map(|n| {
+            Arc::new(Slots {
+                free: Semaphore::new(n.min(Semaphore::MAX_PERMITS)),
+                freed: Notify::new(),
+            })
+        }))
+    }
+
+    /// Wait until the cap has room, without taking it.
+    async fn room(&self) {
+        let Some(slots) = &self.0 else { return };
+        loop {
+            let freed = slots.freed.notified();
+            tokio::pin!(freed);
+            // registered before the check: a slot freed in between is not missed
+            freed.as_mut().enable();
+            if slots.free.available_permits() > 0 {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// A slot for an accepted connection.
+    async fn take(&self) -> Option<Slot> {
+        let slots = self.0.as_ref()?;
+        // the semaphore is never closed
+        slots.free.acquire().await.ok()?.forget();
+        Some(Slot(slots.clone()))
+    }
+}
+
 /// Accept until `stop` turns true, then let open connections finish within
 /// `shutdown.grace`: keep-alive connections are told to close (HTTP/1.1
 /// `connection: close`, HTTP/2 GOAWAY). Runs inside the worker's `LocalSet`.
-pub async fn serve(listener: TcpListener, worker: Rc<Worker>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    worker: Rc<Worker>,
+    mut stop: watch::Receiver<bool>,
+    cap: ConnectionCap,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
+            accepted = accept(&listener, &cap) => match accepted {
+                Ok((tcp, peer, slot)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::task::spawn_local(serve_conn(tcp, peer, worker.clone(), graceful.watcher()));
+                    let conn = serve_conn(tcp, peer, worker.clone(), graceful.watcher());
+                    tokio::task::spawn_local(async move {
+                        conn.await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -63,16 +149,42 @@ pub async fn serve(listener: TcpListener, worker: Rc<Worker>, mut stop: watch::R
     }
 }
 
+/// The next connection, accepted once the cap has room for it.
+async fn accept(
+    listener: &TcpListener,
+    cap: &ConnectionCap,
+) -> io::Result<(TcpStream, SocketAddr, Option<Slot>)> {
+    cap.room().await;
+    let (tcp, peer) = listener.accept().await?;
+    let slot = cap.take().await;
+    Ok((tcp, peer, slot))
+}
+
+/// What a connection reads from the table once, when it starts.
+struct ConnSettings {
+    timeouts: Timeouts,
+    limits: Limits,
+    unrouted: Arc<BackendCounters>,
+}
+
 /// One downstream connection, from the accepted socket to its end.
 async fn serve_conn(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>, watcher: Watcher) {
     let live = worker.live.clone();
     let _open = ConnectionCount::new(&live.metrics.active_connections);
-    let timeouts = live.routes.load().timeouts;
+    let settings = {
+        let table = live.routes.load();
+        ConnSettings {
+            timeouts: table.timeouts,
+            limits: table.config.proxy.limits,
+            unrouted: table.unrouted().clone(),
+        }
+    };
     let Some(acceptor) = live.tls.load_full() else {
         let conn = ConnInfo::new(peer, false, None, None);
-        return serve_http(tcp, false, conn, timeouts, worker, watcher).await;
+        return serve_http(tcp, false, conn, settings, worker, watcher).await;
     };
-    let accepted = match tokio::time::timeout(timeouts.client_header, acceptor.accept(tcp)).await {
+    let handshake = acceptor.accept(tcp);
+    let accepted = match tokio::time::timeout(settings.timeouts.client_header, handshake).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => {
             let reason = tls::failure_reason(&e);
@@ -92,46 +204,94 @@ async fn serve_conn(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>, watche
         accepted.stream,
         accepted.h2,
         conn,
-        timeouts,
+        settings,
         worker,
         watcher,
     )
     .await;
 }
 
-/// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2.
+/// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2:
+/// then only HTTP/2 is spoken, and a bad connection preface closes the connection.
 async fn serve_http<I>(
     io: I,
     h2: bool,
     conn: ConnInfo,
-    timeouts: Timeouts,
+    settings: ConnSettings,
     worker: Rc<Worker>,
     watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnSettings {
+        timeouts,
+        limits,
+        unrouted,
+    } = settings;
     let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         // hyper's clock also runs on idle keep-alive connections: H1Guard does both instead
         .header_read_timeout(None);
+    if limits.request_headers > HYPER_MAX_HEADERS {
+        http1.max_headers(limits.request_headers);
+    }
+    let buf = limits.request_header_bytes.saturating_add(8192);
+    if buf > HYPER_MAX_BUF {
+        http1.max_buf_size(buf);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(timeouts.idle))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // h2 also bounds CONTINUATION frames by it
+        .max_header_list_size(u32::try_from(limits.request_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
     let peer = conn.peer;
     let conn = Rc::new(conn);
-    let service = service_fn(move |req| {
+    let max_fields = limits.request_headers;
+    let service = service_fn(move |req: Request<Incoming>| {
         let (worker, conn) = (worker.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await) }
+        async move {
+            // HTTP/1 heads are counted by H1Guard; HTTP/2 ones here (their size is h2's
+            // max_header_list_size)
+            if req.version() == Version::HTTP_2 && req.headers().len() > max_fields {
+                return Ok(too_many_fields(&worker));
+            }
+            Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
+        }
     });
-    let io = H1Guard::new(io, timeouts.client_header, timeouts.idle, h2);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    let io = TokioIo::new(H1Guard::new(io, &timeouts, &limits, h2, unrouted));
+    let ended = if h2 {
+        let builder = builder.http2_only();
+        let connection = builder.serve_connection(io, service);
+        watcher.watch(connection.into_owned()).await
+    } else {
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        watcher.watch(connection.into_owned()).await
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, "connection ended: {}", error_chain(&*e));
     }
+}
+
+/// 431 for an HTTP/2 request with more header fields than `limits.requestHeaders`.
+fn too_many_fields(worker: &Worker) -> hyper::Response<Body> {
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    worker
+        .live
+        .routes
+        .load()
+        .unrouted()
+        .record(status, Instant::now());
+    local_response(
+        status,
+        "request header fields too large: too many fields\n".to_string(),
+    )
 }
 
 /// hyper's executor for a worker: HTTP/2 stream tasks stay on the worker's thread.

@@ -217,8 +217,9 @@ impl RoutingTable {
         &self.splits
     }
 
-    /// The `(none)` series, for requests refused before routing (a bad path).
-    pub fn unrouted(&self) -> &BackendCounters {
+    /// The series of the proxy's own answers that reach no split (no host, no route, and
+    /// the connection-level ones: a refused head, 408, 431).
+    pub fn unrouted(&self) -> &Arc<BackendCounters> {
         &self.unrouted
     }
 }
