@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod lifecycle;
 mod measure;
+mod measure_failures;
 mod policies;
 mod proxy;
 mod reload;
