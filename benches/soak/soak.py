@@ -634,9 +634,12 @@ spec:
         self.t0 = time.time()
         m0 = time.monotonic()
         self.at(m0 + a.reload_every, lambda: self.do_reload(m0 + a.reload_every))
-        self.at(m0 + a.kill_every, lambda: self.do_kill(m0 + a.kill_every, 0))
-        # half a reload period off the rewrites: a rotation is a load of its own
-        first_rotation = m0 + a.rotate_every + a.reload_every / 2
+        # the first kill and rotation half a period in, so that with the defaults each minute
+        # holds two whole kill windows and one rotation; a rotation also half a reload period
+        # off the rewrites, so that it is a load of its own
+        first_kill = m0 + a.kill_every / 2
+        self.at(first_kill, lambda: self.do_kill(first_kill, 0))
+        first_rotation = m0 + a.rotate_every / 2 + a.reload_every / 2
         self.at(first_rotation, lambda: self.do_rotate(first_rotation))
         self.at(m0, lambda: self.sample(m0))
         n = 1
@@ -682,9 +685,13 @@ spec:
             print(f"  {self.netem_note}")
         print(f"  proxy {a.bin} (pid {self.proxy.pid}); files and logs in {self.work}")
         print()
-        print("| " + " | ".join(self.COLS) + " |")
+        cols = self.COLS if self.per_minute() else ["until"] + self.COLS[1:]
+        print("| " + " | ".join(cols) + " |")
         print("|" + "|".join("---:" if c not in ("by kind",) else "---" for c in self.COLS) + "|")
         sys.stdout.flush()
+
+    def per_minute(self):
+        return abs(self.a.interval - 60) < 1e-9
 
     @staticmethod
     def kinds(errors):
@@ -705,7 +712,7 @@ spec:
                 str(r["rotations"]), self.opt(r["retries"]), self.opt(r["ejections"])]
 
     def print_row(self, r):
-        label = fmt_t(r["end_s"]) if abs(self.a.interval - 60) > 1e-9 else str(r["interval"])
+        label = str(r["interval"]) if self.per_minute() else fmt_t(r["end_s"])
         print("| " + " | ".join(self.cells(label, r)) + " |", flush=True)
 
     def summary(self):
@@ -755,6 +762,13 @@ spec:
             print(f"certificate rotations: {len(self.rotations)}, served by the proxy: {len(seen)}{worst}")
             if missed:
                 problems.append(f"{missed} certificate rotation(s) not served within 10 s")
+        try:
+            with open(os.path.join(self.work, "proxy.log"), errors="replace") as f:
+                lines = f.readlines()
+            loud = sum(1 for ln in lines if '"level":"WARN"' in ln or '"level":"ERROR"' in ln)
+            print(f"proxy log: {len(lines)} lines, {loud} of them warnings or errors")
+        except OSError:
+            pass
         applied = tot["reloads_ok"]
         print(f"weight rewrites: {tot['rewrites']}; proxy config loads ok {self.opt(applied)}, errors "
               f"{self.opt(tot['reloads_error'])} (certificate rotations are loads too)")
@@ -800,7 +814,7 @@ def main():
     p.add_argument("--minutes", type=float, help="run this many minutes (same as --duration Nm)")
     p.add_argument("--duration", type=parse_duration, default=600.0, help="total time (default 10m)")
     p.add_argument("--interval", type=parse_duration, default=60.0, help="one table row per interval (default 1m)")
-    p.add_argument("--rate", type=float, default=400.0, help="requests per second, open loop (default 400)")
+    p.add_argument("--rate", type=float, default=500.0, help="requests per second, open loop (default 500)")
     p.add_argument("--connections", "-c", type=int, default=8, help="keep-alive client connections (default 8)")
     p.add_argument("--h2", action="store_true", help="HTTP/2 (ALPN h2) instead of HTTP/1.1")
     p.add_argument("--backends", type=int, default=3, help="backends (nginx processes), 2 or more (default 3)")
