@@ -10,6 +10,7 @@ mod hostile;
 mod hygiene;
 mod lifecycle;
 mod measure;
+mod measure_failures;
 mod policies;
 mod proxy;
 mod quiet;

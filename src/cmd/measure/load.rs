@@ -18,6 +18,11 @@ const MAX_PACE: Duration = Duration::from_secs(24 * 3600);
 /// Longest pause between reconnection attempts to a failing target in `--duration` mode.
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Failures kept with their send time (for the JSON timeline), per connection and in the
+/// end the earliest of all; further ones are only counted, so a long run against a dead
+/// target stays small.
+pub(super) const MAX_FAILURES: usize = 10_000;
+
 /// The pause between two requests of one connection for a total `rate` over
 /// `connections`; `None` unpaced.
 pub(super) fn pace(rate: Option<f64>, connections: usize) -> anyhow::Result<Option<Duration>> {
@@ -35,9 +40,11 @@ pub(super) fn pace(rate: Option<f64>, connections: usize) -> anyhow::Result<Opti
 }
 
 /// Drive `connections` tasks until `budget` requests have started or `deadline` passed;
-/// `done` counts finished requests as they finish (for the progress bar).
+/// `done` counts finished requests as they finish (for the progress bar); failure times
+/// are offsets from `begin`.
 pub(super) async fn run(
     target: Arc<Target>,
+    begin: Instant,
     connections: usize,
     budget: u64,
     deadline: Option<Instant>,
@@ -51,7 +58,10 @@ pub(super) async fn run(
         // stagger the paced connections over one period so the load is smooth, not bursts
         let offset = pace.map(|p| p.mul_f64(i as f64 / connections as f64));
         tasks.push(tokio::spawn(async move {
-            drive(&target, &started, &done, budget, deadline, pace, offset).await
+            drive(
+                &target, begin, &started, &done, budget, deadline, pace, offset,
+            )
+            .await
         }));
     }
     let mut total = Tally::default();
@@ -59,9 +69,10 @@ pub(super) async fn run(
         match t.await {
             Ok(tally) => total.merge(tally),
             // cannot happen short of a bug; keep the other connections' results
-            Err(_) => total.error("internal"),
+            Err(_) => total.error("internal", Duration::ZERO),
         }
     }
+    total.keep_first_failures();
     total
 }
 
@@ -72,11 +83,23 @@ pub(super) struct Tally {
     pub(super) counts: HashMap<String, u64>,
     pub(super) errors: HashMap<String, u64>,
     pub(super) latencies_us: Vec<u32>,
+    /// The first failures: (ms from the start of the run to the request's send, kind).
+    pub(super) failures: Vec<(u32, String)>,
+    /// Failures past [`MAX_FAILURES`], counted in `errors` but not kept here.
+    pub(super) failures_dropped: u64,
 }
 
 impl Tally {
-    fn error(&mut self, kind: impl Into<String>) {
-        *self.errors.entry(kind.into()).or_default() += 1;
+    /// A failed request, `at` = when it was sent, from the start of the run.
+    fn error(&mut self, kind: impl Into<String>, at: Duration) {
+        let kind = kind.into();
+        if self.failures.len() < MAX_FAILURES {
+            let ms = u32::try_from(at.as_millis()).unwrap_or(u32::MAX);
+            self.failures.push((ms, kind.clone()));
+        } else {
+            self.failures_dropped += 1;
+        }
+        *self.errors.entry(kind).or_default() += 1;
     }
 
     fn merge(&mut self, other: Tally) {
@@ -88,12 +111,24 @@ impl Tally {
             *self.errors.entry(k).or_default() += v;
         }
         self.latencies_us.extend(other.latencies_us);
+        self.failures.extend(other.failures);
+        self.failures_dropped += other.failures_dropped;
+    }
+
+    /// The merged failures in time order, the earliest [`MAX_FAILURES`] of them.
+    fn keep_first_failures(&mut self) {
+        self.failures.sort_by_key(|(t, _)| *t);
+        let extra = self.failures.len().saturating_sub(MAX_FAILURES);
+        self.failures.truncate(MAX_FAILURES);
+        self.failures_dropped += extra as u64;
     }
 }
 
 /// One connection's loop: take a request from the budget, send it, classify the answer.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     t: &Target,
+    run_begin: Instant,
     started: &AtomicU64,
     done: &AtomicU64,
     budget: u64,
@@ -134,13 +169,16 @@ async fn drive(
                 if status.is_success() {
                     tally.ok += 1;
                 } else {
-                    tally.error(format!("status {}", status.as_u16()));
+                    tally.error(
+                        format!("status {}", status.as_u16()),
+                        begin.saturating_duration_since(run_begin),
+                    );
                 }
                 *tally.counts.entry(class).or_default() += 1;
             }
             Ok(Err(kind)) => {
                 sender = None;
-                tally.error(kind);
+                tally.error(kind, begin.saturating_duration_since(run_begin));
                 // with --duration nothing else bounds the loop: without a pause a dead
                 // target would be hammered for the whole run (with -n, failing fast is
                 // what a CI job wants)
@@ -155,7 +193,7 @@ async fn drive(
             }
             Err(_) => {
                 sender = None;
-                tally.error("timeout");
+                tally.error("timeout", begin.saturating_duration_since(run_begin));
             }
         }
         done.fetch_add(1, Ordering::Relaxed);
@@ -184,5 +222,32 @@ mod tests {
         assert_eq!(percentiles(&mut []), [0.0; 4]);
         let mut l: Vec<u32> = (1..=1000).rev().map(|i| i * 1000).collect();
         assert_eq!(percentiles(&mut l), [500.0, 900.0, 990.0, 999.0]);
+    }
+
+    #[test]
+    fn the_earliest_failures_are_kept_and_the_rest_counted() {
+        // one connection past its cap: counted, not kept
+        let mut a = Tally::default();
+        for i in 0..MAX_FAILURES as u64 + 2 {
+            a.error("io", Duration::from_millis(1000 + i));
+        }
+        assert_eq!((a.failures.len(), a.failures_dropped), (MAX_FAILURES, 2));
+        // another connection's earlier failures displace a's latest ones
+        let mut b = Tally::default();
+        for i in 0..3 {
+            b.error("status 502", Duration::from_millis(i));
+        }
+        let mut total = Tally::default();
+        total.merge(a);
+        total.merge(b);
+        total.keep_first_failures();
+        assert_eq!(total.failures.len(), MAX_FAILURES);
+        assert_eq!(total.failures_dropped, 5);
+        assert_eq!(total.failures[0], (0, "status 502".to_string()));
+        assert!(total.failures.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert_eq!(
+            total.errors["io"] + total.errors["status 502"],
+            MAX_FAILURES as u64 + 5
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::bail;
 
@@ -124,6 +124,7 @@ pub async fn run(args: &MeasureArgs, progress: bool) -> anyhow::Result<Report> {
     };
     let done = Arc::new(AtomicU64::new(0));
     let begin = Instant::now();
+    let started = SystemTime::now();
     // a duration too long for `Instant` means "until interrupted", not a panic
     let deadline = args.duration.and_then(|d| begin.checked_add(d));
 
@@ -145,7 +146,7 @@ pub async fn run(args: &MeasureArgs, progress: bool) -> anyhow::Result<Report> {
         })
     });
 
-    let mut total = load::run(target, connections, budget, deadline, pace, done).await;
+    let mut total = load::run(target, begin, connections, budget, deadline, pace, done).await;
     let elapsed = begin.elapsed();
     if let Some(t) = ticker {
         t.abort();
@@ -179,6 +180,9 @@ pub async fn run(args: &MeasureArgs, progress: bool) -> anyhow::Result<Report> {
         chi_square: chi,
         alpha: args.alpha,
         rejected: chi.is_some_and(|c| c.p_value < args.alpha),
+        started: Some(started),
+        failures: total.failures,
+        failures_dropped: total.failures_dropped,
     })
 }
 

@@ -2,7 +2,7 @@
 //! exit code, and the `--expect` weights with the chi-square test against them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use serde_json::json;
@@ -32,6 +32,13 @@ pub struct Report {
     pub alpha: f64,
     /// `chi_square.p_value < alpha`; never true without `--expect`.
     pub rejected: bool,
+    /// Wall-clock start of the run, so `failures` can be lined up with outside events.
+    pub started: Option<SystemTime>,
+    /// The first failures (every kind of `errors`), by send time: (ms after `started`,
+    /// kind), oldest first.
+    pub failures: Vec<(u32, String)>,
+    /// Failures beyond those kept in `failures`.
+    pub failures_dropped: u64,
 }
 
 impl Report {
@@ -186,6 +193,16 @@ impl Report {
             "alpha": self.alpha,
             "rejected": self.rejected,
             "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "p999": p999},
+            "started_unix_ms": self.started.and_then(|t| {
+                let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis();
+                u64::try_from(ms).ok()
+            }),
+            "failures": self
+                .failures
+                .iter()
+                .map(|(t, kind)| json!({"t_ms": t, "kind": kind}))
+                .collect::<Vec<_>>(),
+            "failures_dropped": self.failures_dropped,
         })
     }
 }
