@@ -26,6 +26,9 @@ use rustc_hash::FxHashMap;
 /// The longest ejection, however often an endpoint was ejected (Envoy's
 /// `max_ejection_time` default); a longer `baseEjectionTime` is used as it is.
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+/// Time in service that takes one off an endpoint's ejection multiplier (Envoy's default
+/// outlier `interval`).
+pub const DECAY_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
@@ -72,6 +75,10 @@ pub struct EndpointHealth {
     until: AtomicU64,
     /// Times ejected.
     ejections: AtomicU32,
+    /// The ejection multiplier: +1 per ejection, -1 per `DECAY_INTERVAL` in service.
+    multiplier: AtomicU32,
+    /// When the last ejection ended (nanoseconds on `Global`'s clock).
+    returned: AtomicU64,
     /// Length of the current or last ejection, in nanoseconds.
     last_ejection: AtomicU64,
 }
@@ -201,6 +208,7 @@ impl ServiceHealth {
         }
         // one caller wins the return and does the bookkeeping
         if e.until.compare_exchange(until, 0, Relaxed, Relaxed).is_ok() {
+            e.returned.store(until, Relaxed);
             self.ejected.fetch_sub(1, Relaxed);
             self.global.ejected.fetch_sub(1, Relaxed);
             self.ejected_gauge.dec();
@@ -208,11 +216,22 @@ impl ServiceHealth {
         false
     }
 
-    /// Eject `e` from `now` for `base` times the number of times it has been ejected
-    /// (this one included), at most `MAX_EJECTION_TIME` unless `base` is longer. Call with
+    /// Eject `e` from `now` for `base` times its multiplier: the number of times it has
+    /// been ejected (this one included), less one for every `DECAY_INTERVAL` it has spent
+    /// in service since its last return (as Envoy's multiplier decays each `interval` a
+    /// host stays healthy), so a backend that was restarted once is not out for minutes
+    /// at its next failure. At most `MAX_EJECTION_TIME` unless `base` is longer. Call with
     /// a `Deciding` held, after `is_ejected` said no. Returns the ejection's length.
     pub fn eject(&self, e: &EndpointHealth, now: u64, base: Duration) -> Duration {
-        let n = e.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        e.ejections.fetch_add(1, Relaxed);
+        let served = now.saturating_sub(e.returned.load(Relaxed)) / nanos(DECAY_INTERVAL);
+        let earned = u32::try_from(served).unwrap_or(u32::MAX);
+        let n = e
+            .multiplier
+            .load(Relaxed)
+            .saturating_sub(earned)
+            .saturating_add(1);
+        e.multiplier.store(n, Relaxed);
         let length = base.saturating_mul(n).min(MAX_EJECTION_TIME.max(base));
         let nanos = nanos(length).max(1);
         e.last_ejection.store(nanos, Relaxed);
@@ -320,6 +339,28 @@ mod tests {
             s.eject(&e, 0, base);
         }
         assert_eq!(s.snapshot(&e, 0).last_ejection, MAX_EJECTION_TIME);
+    }
+
+    #[test]
+    fn the_multiplier_decays_while_the_endpoint_serves() {
+        let r = registry();
+        let s = r.service("web");
+        let e = s.endpoint("127.0.0.1:2".parse().unwrap());
+        let base = Duration::from_secs(1);
+        let interval = nanos(DECAY_INTERVAL);
+        assert_eq!(s.eject(&e, 0, base), base);
+        assert!(!s.is_ejected(&e, nanos(base)));
+        // failing again at once: twice as long
+        assert_eq!(s.eject(&e, nanos(base), base), 2 * base);
+        let back = 3 * nanos(base);
+        assert!(!s.is_ejected(&e, back));
+        // one interval in service takes one off: 2 - 1 + 1
+        assert_eq!(s.eject(&e, back + interval, base), 2 * base);
+        let back = back + interval + 2 * nanos(base);
+        assert!(!s.is_ejected(&e, back));
+        // long in service: back to the base time; the count of ejections stays
+        assert_eq!(s.eject(&e, back + 10 * interval, base), base);
+        assert_eq!(s.snapshot(&e, 0).ejections, 4);
     }
 
     #[test]
