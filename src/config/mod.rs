@@ -29,8 +29,8 @@ pub use error::{file_error, ConfigError, Origin};
 pub use files::config_files;
 pub use model::{
     AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Proxy,
-    Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings, TrafficSplit, TrafficTarget,
-    UpstreamTls,
+    Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings,
+    TrafficSplit, TrafficTarget, UpstreamTls,
 };
 pub use validate::split::host_forms;
 pub use values::Endpoint;
@@ -65,6 +65,25 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
             Err(e) => loader.errors.push(*e),
         }
     }
+    finish(path, fingerprint, loader)
+}
+
+/// As `load`, for the text of one file already in memory (fuzzing, tests): `path` need
+/// not exist; it names the file in errors, and TLS file names resolve from its folder.
+pub fn load_documents(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut fingerprint = Fingerprint::default();
+    let mut loader = Loader::default();
+    fingerprint.add_text(path, text);
+    loader.parse_file(Arc::from(path), text);
+    finish(path, fingerprint, loader)
+}
+
+/// Validate what was read and fingerprint it with the files it names.
+fn finish(
+    path: &Path,
+    mut fingerprint: Fingerprint,
+    loader: Loader,
+) -> Result<Config, Vec<ConfigError>> {
     let valid = validate::validate(path, loader.docs, loader.errors)?;
     // TLS files are part of the configuration: a rotated certificate is a change.
     for file in &valid.named_files {

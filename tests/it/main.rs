@@ -9,6 +9,7 @@ mod demo;
 mod lifecycle;
 mod measure;
 mod policies;
+mod properties;
 mod proxy;
 mod reload;
 mod tls;
