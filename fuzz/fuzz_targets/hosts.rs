@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     // host_forms: lower-case, one form or the five Kubernetes forms, and each qualified
     // Kubernetes form gives back the same five (for names without empty labels)
     let generated = host_forms(host, namespace);
-    assert!(generated.len() == 1 || generated.len() == 5, "{generated:?}");
+    assert!(
+        generated.len() == 1 || generated.len() == 5,
+        "{generated:?}"
+    );
     for f in &generated {
         assert_eq!(*f, f.to_ascii_lowercase());
     }

@@ -39,7 +39,7 @@ impl File {
 
 #[derive(Arbitrary, Debug)]
 pub enum Doc {
-    Proxy(Proxy),
+    Proxy(Box<Proxy>),
     Split(Split),
     Group(Group),
     Target(Target),
@@ -169,47 +169,181 @@ macro_rules! pool {
     };
 }
 
-pool!(Svc, "A service name: short, qualified, odd.", [
-    "web", "web-v1", "web-v2", "api", "api-v1", "Web-V1", "web.prod", "web.prod.svc",
-    "web.default.svc.cluster.local", "www.example.com", "", "a..b", "web.", "-", "WEB",
-]);
+pool!(
+    Svc,
+    "A service name: short, qualified, odd.",
+    [
+        "web",
+        "web-v1",
+        "web-v2",
+        "api",
+        "api-v1",
+        "Web-V1",
+        "web.prod",
+        "web.prod.svc",
+        "web.default.svc.cluster.local",
+        "www.example.com",
+        "",
+        "a..b",
+        "web.",
+        "-",
+        "WEB",
+    ]
+);
 
-pool!(Ns, "A namespace.", ["default", "prod", "Prod", "", "a.b", "kube-system"]);
+pool!(
+    Ns,
+    "A namespace.",
+    ["default", "prod", "Prod", "", "a.b", "kube-system"]
+);
 
-pool!(Word, "Names, keywords and values the documents use, and a few they must refuse.", [
-    "web", "web-v1", "web-v2", "api", "default", "prod", "ab-test", "gateway", "split",
-    "HTTPRouteGroup", "ServiceAccount", "TrafficSplit", "Proxy", "HTTPRouteGroupX",
-    "random", "deterministic", "sticky", "unknown", "x-user", "session", "bad header",
-    "permissive", "enforce", "require", "optional", "none", "cluster.local", "Example.COM",
-    "bad domain!", "spec", "metadata", "name", "namespace", "services", "endpoints",
-    "weight", "backends", "matches", "tls", "ca", "listen", "extra", "rules", "specs",
-    "sources", "destination", "pathRegex", "methods", "headers", "annotations", "kind",
-    "apiVersion", "v1", "splitproxy.dev/v1alpha1", "split.smi-spec.io/v1alpha2",
-    "specs.smi-spec.io/v1alpha4", "access.smi-spec.io/v1alpha3", "ConfigMap", "",
-    "service", "timeouts", "connect", "upstream", "cert", "key", "clientCA", "clientAuth",
-    "access", "limits", "retries", "attempts", "outlierDetection", "exposeBackend",
-    "trustDomain", "admin", "my-website", "my-website-v1", "my-website-v2", "website-v1",
-]);
+pool!(
+    Word,
+    "Names, keywords and values the documents use, and a few they must refuse.",
+    [
+        "web",
+        "web-v1",
+        "web-v2",
+        "api",
+        "default",
+        "prod",
+        "ab-test",
+        "gateway",
+        "split",
+        "HTTPRouteGroup",
+        "ServiceAccount",
+        "TrafficSplit",
+        "Proxy",
+        "HTTPRouteGroupX",
+        "random",
+        "deterministic",
+        "sticky",
+        "unknown",
+        "x-user",
+        "session",
+        "bad header",
+        "permissive",
+        "enforce",
+        "require",
+        "optional",
+        "none",
+        "cluster.local",
+        "Example.COM",
+        "bad domain!",
+        "spec",
+        "metadata",
+        "name",
+        "namespace",
+        "services",
+        "endpoints",
+        "weight",
+        "backends",
+        "matches",
+        "tls",
+        "ca",
+        "listen",
+        "extra",
+        "rules",
+        "specs",
+        "sources",
+        "destination",
+        "pathRegex",
+        "methods",
+        "headers",
+        "annotations",
+        "kind",
+        "apiVersion",
+        "v1",
+        "splitproxy.dev/v1alpha1",
+        "split.smi-spec.io/v1alpha2",
+        "specs.smi-spec.io/v1alpha4",
+        "access.smi-spec.io/v1alpha3",
+        "ConfigMap",
+        "",
+        "service",
+        "timeouts",
+        "connect",
+        "upstream",
+        "cert",
+        "key",
+        "clientCA",
+        "clientAuth",
+        "access",
+        "limits",
+        "retries",
+        "attempts",
+        "outlierDetection",
+        "exposeBackend",
+        "trustDomain",
+        "admin",
+        "my-website",
+        "my-website-v1",
+        "my-website-v2",
+        "website-v1",
+    ]
+);
 
-pool!(FileName, "A file a document names, relative to the config folder.", [
-    "ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem",
-    "garbage.pem", "missing.pem", ".", "",
-]);
+pool!(
+    FileName,
+    "A file a document names, relative to the config folder.",
+    [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "client.pem",
+        "client-key.pem",
+        "garbage.pem",
+        "missing.pem",
+        ".",
+        "",
+    ]
+);
 
-pool!(Annotation, "An annotation key.", [
-    "splitproxy.dev/selection", "splitproxy.dev/sticky-header",
-    "splitproxy.dev/sticky-cookie", "splitproxy.dev/service-account",
-    "splitproxy.dev/typo", "example.com/other",
-]);
+pool!(
+    Annotation,
+    "An annotation key.",
+    [
+        "splitproxy.dev/selection",
+        "splitproxy.dev/sticky-header",
+        "splitproxy.dev/sticky-cookie",
+        "splitproxy.dev/service-account",
+        "splitproxy.dev/typo",
+        "example.com/other",
+    ]
+);
 
-pool!(Regex, "A path or header regex, valid or not.", [
-    "/api", "/api/.*", ".*", "(", "[a-z]+", "/v[0-9]+/", "a{2,5}", "", "\\",
-    ".*Firefox.*", "(?i)/admin",
-]);
+pool!(
+    Regex,
+    "A path or header regex, valid or not.",
+    [
+        "/api",
+        "/api/.*",
+        ".*",
+        "(",
+        "[a-z]+",
+        "/v[0-9]+/",
+        "a{2,5}",
+        "",
+        "\\",
+        ".*Firefox.*",
+        "(?i)/admin",
+    ]
+);
 
-pool!(Method, "An HTTP method, valid or not.", [
-    "GET", "POST", "*", "get", "PATCH", "BAD METHOD", "", "PROPFIND",
-]);
+pool!(
+    Method,
+    "An HTTP method, valid or not.",
+    [
+        "GET",
+        "POST",
+        "*",
+        "get",
+        "PATCH",
+        "BAD METHOD",
+        "",
+        "PROPFIND",
+    ]
+);
 
 /// `host:port` forms for `listen` and `admin`.
 #[derive(Arbitrary, Debug)]
@@ -308,7 +442,9 @@ pub enum Size {
 
 impl Yaml for Size {
     fn yaml(&self) -> Value {
-        const UNITS: &[&str] = &["B", "KiB", "Ki", "MiB", "GiB", "KB", "k", "M", "G", " MB", "x"];
+        const UNITS: &[&str] = &[
+            "B", "KiB", "Ki", "MiB", "GiB", "KB", "k", "M", "G", " MB", "x",
+        ];
         match self {
             Size::Bytes(n) => Value::from(*n),
             Size::Unit(n, u) => Value::String(format!("{n}{}", UNITS[*u as usize % UNITS.len()])),
@@ -343,8 +479,8 @@ pub enum Weight {
     Zero,
     Neg(i16),
     Big(u64),
-    /// Digits, fraction digits (with leading zeros), suffix.
-    Quantity(u32, Option<(u8, u64)>, u8),
+    /// Integer part (`None`: 0), fraction (leading zeros, digits), suffix.
+    Quantity(Option<u32>, Option<(u8, u64)>, u8),
     Float(f64),
     Text(String),
 }
@@ -358,7 +494,7 @@ impl Yaml for Weight {
             Weight::Neg(n) => Value::from(*n),
             Weight::Big(n) => Value::from(*n),
             Weight::Quantity(n, frac, suffix) => {
-                let mut s = n.to_string();
+                let mut s = n.unwrap_or(0).to_string();
                 if let Some((zeros, digits)) = frac {
                     s.push('.');
                     s.push_str(&"0".repeat(*zeros as usize % 64));
@@ -409,7 +545,9 @@ impl Yaml for ClientAuth {
 
 /// `apiVersion` for a kind: one of `versions` or a version nobody supports.
 fn api_version(group: &str, versions: &[&str], pick: u8) -> Value {
-    let version = versions.get(pick as usize % (versions.len() + 1)).unwrap_or(&"v9");
+    let version = versions
+        .get(pick as usize % (versions.len() + 1))
+        .unwrap_or(&"v9");
     Value::String(format!("{group}/{version}"))
 }
 
@@ -583,7 +721,10 @@ impl Yaml for Limits {
             ("requestHeaders", opt(&self.request_headers)),
             ("requestBodyBytes", opt(&self.request_body_bytes)),
             ("connections", opt(&self.connections)),
-            ("h2MaxConcurrentStreams", opt(&self.h2_max_concurrent_streams)),
+            (
+                "h2MaxConcurrentStreams",
+                opt(&self.h2_max_concurrent_streams),
+            ),
         ])
     }
 }
@@ -767,13 +908,16 @@ impl Yaml for Group {
     }
 }
 
+/// `headers` entries: name and regex.
+type HeaderPairs = Vec<(Word, F<Regex>)>;
+
 #[derive(Arbitrary, Debug)]
 pub struct HttpMatch {
     name: F<Word>,
     path_regex: Option<F<Regex>>,
     methods: Option<Vec<F<Method>>>,
     /// As a map, or as a list of one-entry maps.
-    headers: Option<(bool, Vec<(Word, F<Regex>)>)>,
+    headers: Option<(bool, HeaderPairs)>,
 }
 
 impl Yaml for HttpMatch {
