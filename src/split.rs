@@ -364,3 +364,153 @@ mod policy_tests {
         }
     }
 }
+
+/// Properties of the three selectors over generated weights. The statistical ones draw
+/// enough that the rarest backend expects over 100 picks (chi-square's approximation
+/// holds) and fail only below p = 1e-6.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::cmd::stats::chi_square;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const DRAWS: usize = 40_000;
+
+    /// 2-6 backends, each 0 or 1..=50, at least one positive: the rarest positive share
+    /// is at least 1/300, 133 expected picks of 40 000.
+    fn stat_weights() -> impl Strategy<Value = Vec<u64>> {
+        vec(prop_oneof![1 => Just(0u64), 3 => 1u64..=50], 2..=6)
+            .prop_filter("a positive weight", |w| w.iter().any(|x| *x > 0))
+    }
+
+    /// Zeros, small weights and weights near the validated maximum (2^53).
+    fn any_weights() -> impl Strategy<Value = Vec<u64>> {
+        vec(
+            prop_oneof![Just(0u64), 1u64..=1000, (1u64 << 40)..=(1u64 << 53)],
+            1..=8,
+        )
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("backend-{i}")).collect()
+    }
+
+    fn p_value(counts: &[u64], weights: &[u64]) -> f64 {
+        let w: Vec<f64> = weights.iter().map(|w| *w as f64).collect();
+        chi_square(counts, &w).p_value
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn random_picks_converge_to_the_weights(weights in stat_weights()) {
+            let picker = WeightedPicker::new(&weights);
+            let mut counts = vec![0u64; weights.len()];
+            for _ in 0..DRAWS {
+                counts[picker.pick().expect("a positive weight")] += 1;
+            }
+            // a pick of a weight-0 backend makes p = 0
+            let p = p_value(&counts, &weights);
+            prop_assert!(p > 1e-6, "weights {:?} counts {:?} p {}", weights, counts, p);
+        }
+
+        #[test]
+        fn sticky_keys_spread_by_the_weights(weights in stat_weights(), salt in any::<u64>()) {
+            let names = names(weights.len());
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let hash = Rendezvous::new(&refs, &weights);
+            let mut counts = vec![0u64; weights.len()];
+            for i in 0..DRAWS {
+                let key = format!("{salt:016x}-{i}");
+                counts[hash.pick(key.as_bytes()).expect("a positive weight")] += 1;
+            }
+            let p = p_value(&counts, &weights);
+            prop_assert!(p > 1e-6, "weights {:?} counts {:?} p {}", weights, counts, p);
+        }
+
+        #[test]
+        fn weight_zero_is_never_picked(weights in any_weights(), keys in vec(any::<u64>(), 256)) {
+            let positive = weights.iter().any(|w| *w > 0);
+            let allowed = |i: usize| weights[i] > 0;
+
+            let picker = WeightedPicker::new(&weights);
+            for _ in 0..1_000 {
+                match picker.pick() {
+                    Some(i) => prop_assert!(allowed(i), "random picked {} of {:?}", i, weights),
+                    None => prop_assert!(!positive),
+                }
+            }
+
+            let schedule = Schedule::new(&weights);
+            prop_assert_eq!(
+                schedule.is_some(),
+                positive && schedule_len(&weights) <= MAX_SCHEDULE,
+                "{:?}", weights
+            );
+            if let Some(s) = schedule {
+                for _ in 0..s.len() {
+                    let i = s.pick();
+                    prop_assert!(allowed(i), "deterministic picked {} of {:?}", i, weights);
+                }
+            }
+
+            let names = names(weights.len());
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let hash = Rendezvous::new(&refs, &weights);
+            for key in &keys {
+                match hash.pick(&key.to_le_bytes()) {
+                    Some(i) => prop_assert!(allowed(i), "sticky picked {} of {:?}", i, weights),
+                    None => prop_assert!(!positive),
+                }
+            }
+        }
+
+        #[test]
+        fn every_schedule_window_holds_each_weight_exactly(
+            base in vec(0u64..=12, 1..=6),
+            scale in 1u64..=1000,
+        ) {
+            // a common factor: the schedule is as short as the reduced weights
+            let weights: Vec<u64> = base.iter().map(|w| w * scale).collect();
+            let Some(s) = Schedule::new(&weights) else {
+                prop_assert!(weights.iter().all(|w| *w == 0));
+                return Ok(());
+            };
+            let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+            let len = s.len();
+            prop_assert_eq!(len as u64, schedule_len(&weights));
+            prop_assert_eq!(len as u64, weights.iter().map(|w| w / g).sum::<u64>());
+            let picks: Vec<usize> = (0..3 * len).map(|_| s.pick()).collect();
+            for window in picks.windows(len) {
+                for (i, w) in weights.iter().enumerate() {
+                    let n = window.iter().filter(|p| **p == i).count() as u64;
+                    prop_assert_eq!(n, w / g, "backend {} of {:?}: {:?}", i, weights, window);
+                }
+            }
+        }
+
+        #[test]
+        fn raising_a_weight_only_moves_keys_to_it(
+            weights in vec(0u64..=100, 2..=5),
+            which in any::<prop::sample::Index>(),
+            raise in 1u64..=100,
+            salt in any::<u64>(),
+        ) {
+            let j = which.index(weights.len());
+            let mut raised = weights.clone();
+            raised[j] += raise;
+            let names = names(weights.len());
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let (before, after) = (Rendezvous::new(&refs, &weights), Rendezvous::new(&refs, &raised));
+            for i in 0..2_000 {
+                let key = format!("{salt:x}/{i}");
+                let (b, a) = (before.pick(key.as_bytes()), after.pick(key.as_bytes()));
+                if a != b {
+                    prop_assert_eq!(a, Some(j), "key {} moved from {:?}: {:?} -> {:?}", key, b, weights, raised);
+                }
+            }
+        }
+    }
+}

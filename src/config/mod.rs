@@ -100,6 +100,22 @@ pub fn read(path: &Path) -> Read {
             Err(e) => loader.errors.push(*e),
         }
     }
+    finish(path, fingerprint, loader)
+}
+
+/// As `read`, for the text of one file already in memory (fuzzing, tests): `path` need
+/// not exist; it names the file in errors, and TLS file names resolve from its folder.
+/// The warnings are dropped.
+pub fn load_documents(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut fingerprint = Fingerprint::default();
+    let mut loader = Loader::default();
+    fingerprint.add_text(path, text);
+    loader.parse_file(Arc::from(path), text);
+    finish(path, fingerprint, loader).result
+}
+
+/// Validate what was read and fingerprint it with the files it names.
+fn finish(path: &Path, mut fingerprint: Fingerprint, loader: Loader) -> Read {
     let mut notes = validate::Notes {
         warnings: loader.warnings,
         named_files: Vec::new(),

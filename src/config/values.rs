@@ -121,18 +121,21 @@ pub fn parse_quantity_milli(text: &str) -> Result<i128, String> {
     } else {
         digits.parse().map_err(|_| bad())?
     };
-    let exp = exp10 - frac_part.len() as i32;
+    let too_large = || format!("{text:?} is too large");
+    let exp = exp10 - i32::try_from(frac_part.len()).unwrap_or(i32::MAX);
     let value = if exp >= 0 {
-        mantissa
-            .checked_mul(10i128.pow(exp as u32))
+        10i128
+            .checked_pow(exp.unsigned_abs())
+            .and_then(|p| mantissa.checked_mul(p))
             .and_then(|v| v.checked_mul(binary))
-            .ok_or_else(|| format!("{text:?} is too large"))?
+            .ok_or_else(too_large)?
     } else {
-        let div = 10i128.pow((-exp) as u32);
-        let scaled = mantissa
-            .checked_mul(binary)
-            .ok_or_else(|| format!("{text:?} is too large"))?;
-        (scaled + div - 1) / div
+        let scaled = mantissa.checked_mul(binary).ok_or_else(too_large)?;
+        // rounded up; a divisor past i128 exceeds any `scaled`, which then rounds up to 1
+        match 10i128.checked_pow(exp.unsigned_abs()) {
+            Some(div) => scaled / div + i128::from(scaled % div != 0),
+            None => i128::from(scaled != 0),
+        }
     };
     Ok(if negative { -value } else { value })
 }
@@ -271,6 +274,21 @@ mod tests {
         for bad in ["", "m", "1x", "1.2.3", "abc", "."] {
             assert!(parse_quantity_milli(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn quantities_with_long_fractions() {
+        // the power of ten of a long fraction overflowed i128 (a panic in debug builds, a
+        // wrong weight in release), and so did rounding a large one up
+        let zeros = |n| "0".repeat(n);
+        assert_eq!(parse_quantity_milli(&format!("0.{}1", zeros(60))), Ok(1));
+        assert_eq!(parse_quantity_milli(&format!("-0.{}1", zeros(60))), Ok(-1));
+        assert_eq!(parse_quantity_milli(&format!("0.{}", zeros(60))), Ok(0));
+        // 1e20 * 2^60 / 1e38 = 1.15..., up to 2
+        let near_max = format!("0.{}1{}Ei", zeros(20), zeros(20));
+        assert_eq!(parse_quantity_milli(&near_max), Ok(2));
+        assert_eq!(parse_quantity_milli("0.0015"), Ok(2));
+        assert_eq!(parse_quantity_milli("0.001"), Ok(1));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod lifecycle;
 mod measure;
 mod measure_failures;
 mod policies;
+mod properties;
 mod proxy;
 mod quiet;
 mod reload;
