@@ -4,9 +4,11 @@
 //! # The life of a request (one worker thread, nothing shared but `live::Live`)
 //!
 //! ```text
-//! server::serve        accept -> server::serve_conn: TLS handshake (tls::Acceptor),
-//!                      ConnInfo (peer, identity, XFCC), hyper-util auto (HTTP/1.1 or h2)
-//! proxy::handle        timer starts; live.routes.load_full() -> RoutingTable::route:
+//! server::serve        accept (under limits.connections) -> server::serve_conn: TLS
+//!                      handshake (tls::Acceptor), ConnInfo (peer, identity, XFCC),
+//!                      h1guard (strict HTTP/1.1 scanner, timeouts), hyper-util auto
+//! proxy::handle        timer starts; live.routes.load_full(); path::normalize_uri;
+//!                      RoutingTable::route:
 //!                      host -> Route -> Split (matches, access) -> Backend -> endpoint
 //!                      (ejected ones left out) = routing::Routed, or routing::Refused
 //!                      (404, 403, 503, ...)
@@ -26,9 +28,10 @@
 //! ```
 //!
 //! Modules of the proxy: `app` (wiring, workers, shutdown), `server`, `h1guard` (HTTP/1.1
-//! head and idle timeouts), `tls`, `identity`, `proxy`, `response` (body type, the proxy's
-//! own answers), `path` (request path normalisation, before routing), `routing` (the immutable table; `endpoints`: DNS; `describe`), `split`
-//! (weighted random, deterministic schedule, rendezvous hashing), `access` (TrafficTarget
+//! request-stream scanner, head and idle timeouts), `tls`, `identity`, `proxy`, `response`
+//! (body type, the proxy's own answers), `path` (request path normalisation, before
+//! routing), `routing` (the immutable table; `endpoints`: DNS; `outlier`; `describe`),
+//! `split` (weighted random, deterministic schedule, rendezvous hashing), `access` (TrafficTarget
 //! policy), `health` (endpoint health for outlier detection, per process), `upstream`
 //! (`pool`: per-worker HTTP/1.1 connections, plain and TLS; `body`: the request body
 //! sent upstream), `live` (what the request path reads), `load` (the one pipeline),
