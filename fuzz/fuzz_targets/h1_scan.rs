@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let whole = scanner().feed(input);
     assert!(within(whole, input.len()), "{whole:?}");
-    let cut = if input.is_empty() { 0 } else { pick as usize % (input.len() + 1) };
+    let cut = if input.is_empty() {
+        0
+    } else {
+        pick as usize % (input.len() + 1)
+    };
     let mut s = scanner();
     let first = s.feed(&input[..cut]);
     assert!(within(first, cut), "{first:?}");
@@ -41,10 +45,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(within(second, input.len() - cut), "{second:?}");
         match second {
             Verdict::Pass => Verdict::Pass,
-            Verdict::Switch { at, connect } => Verdict::Switch { at: at + cut, connect },
+            Verdict::Switch { at, connect } => Verdict::Switch {
+                at: at + cut,
+                connect,
+            },
             // a head that began before the cut is reported at 0 of the second read
             Verdict::Reject { error, .. } => Verdict::Reject { at: 0, error },
-            Verdict::BadBody { at, error } => Verdict::BadBody { at: at + cut, error },
+            Verdict::BadBody { at, error } => Verdict::BadBody {
+                at: at + cut,
+                error,
+            },
         }
     } else {
         first
