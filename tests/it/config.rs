@@ -401,3 +401,28 @@ fn the_design_documents_example_loads_as_written() {
         w(&[("my-website-v1", 90), ("my-website-v2", 10)])
     );
 }
+
+#[test]
+fn a_tls_file_that_is_a_folder_or_a_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("server-key.pem"), "x").unwrap();
+    for cert in ["certs", "/dev/zero"] {
+        let yaml = PROXY.replace(
+            "  admin: 127.0.0.1:0",
+            &format!("  admin: 127.0.0.1:0\n  tls:\n    cert: {cert}\n    key: server-key.pem"),
+        );
+        std::fs::write(dir.path().join("proxy.yaml"), yaml).unwrap();
+        let errors: Vec<String> = config::load(dir.path())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 1, "{cert}: {errors:#?}");
+        assert!(
+            errors[0].contains("document 1 (Proxy gateway): spec.tls.cert: ")
+                && errors[0].ends_with("is not a regular file"),
+            "{cert}: {errors:#?}"
+        );
+    }
+}

@@ -51,7 +51,13 @@ impl Validator {
         let path = dir.join(name);
         self.named_files.push(path.clone());
         match std::fs::metadata(&path) {
-            Ok(_) => Some(path),
+            Ok(meta) if meta.is_file() => Some(path),
+            // a folder, or a device such as /dev/zero that the loader would read for ever
+            Ok(_) => {
+                self.errors
+                    .push(origin.error(field, format!("{} is not a regular file", path.display())));
+                None
+            }
             Err(e) => {
                 self.errors
                     .push(origin.error(field, format!("cannot read {}: {e}", path.display())));
