@@ -345,6 +345,10 @@ impl Split {
             None => self.picker.pick(),
             Some(k) => self.picker.pick_where(k),
         };
+        // `Rendezvous::pick` is `pick_where` keeping everything: one call serves both
+        let sticky = |hash: &Rendezvous, key: &[u8], keep: &mut Option<K>| {
+            hash.pick_where(key, |i| keep.as_mut().map_or(true, |k| k(i)))
+        };
         let index = match &self.selector {
             Selector::Fallback => {
                 let kept = keep.as_mut().map_or(true, |k| k(0));
@@ -356,24 +360,15 @@ impl Split {
                 Some(k) => schedule.pick_where(k),
             },
             Selector::StickyHeader(name, hash) => match headers.get(name) {
-                Some(key) => match &mut keep {
-                    None => hash.pick(key.as_bytes()),
-                    Some(k) => hash.pick_where(key.as_bytes(), k),
-                },
+                Some(key) => sticky(hash, key.as_bytes(), &mut keep),
                 None => random(&mut keep),
             },
             Selector::StickyCookie(name, hash) => match cookie_value(headers, name) {
-                Some(key) => match &mut keep {
-                    None => hash.pick(key),
-                    Some(k) => hash.pick_where(key, k),
-                },
+                Some(key) => sticky(hash, key, &mut keep),
                 None => {
                     // a fresh random key: rendezvous on a random key is a weighted random pick
                     let key = format!("{:016x}", with_rng(rand::Rng::random::<u64>));
-                    let index = match &mut keep {
-                        None => hash.pick(key.as_bytes()),
-                        Some(k) => hash.pick_where(key.as_bytes(), k),
-                    };
+                    let index = sticky(hash, key.as_bytes(), &mut keep);
                     if index.is_some() {
                         cookie = HeaderValue::try_from(format!("{name}={key}; Path=/")).ok();
                     }
