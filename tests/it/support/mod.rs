@@ -398,3 +398,15 @@ pub fn empty() -> Empty<Bytes> {
 /// Chi-square critical value for p = 1e-6 with 1 degree of freedom: a correct split
 /// exceeds it once in a million runs.
 pub const CHI2_1DF_P1E6: f64 = 23.93;
+
+/// Two backends' counts agree with their weights: chi-square with 1 degree of freedom
+/// below the p = 1e-6 critical value.
+pub fn assert_two_way_split(observed: [u64; 2], weights: [f64; 2]) {
+    let r = splitproxy::cmd::stats::chi_square(&observed, &weights);
+    assert!(
+        r.statistic < CHI2_1DF_P1E6,
+        "observed {observed:?} for weights {weights:?}: chi2 {} p {}",
+        r.statistic,
+        r.p_value
+    );
+}
