@@ -396,6 +396,11 @@ fn the_design_documents_example_loads_as_written() {
     assert_eq!(p.timeouts, config::Timeouts::default());
     assert_eq!(p.shutdown, config::ShutdownSettings::default());
     assert!(!p.expose_backend);
+    // "these are the defaults"
+    assert_eq!(p.trust_domain, "cluster.local");
+    assert_eq!(p.limits, config::Limits::default());
+    assert_eq!(p.retries, config::Retries::default());
+    assert_eq!(p.outlier_detection, config::OutlierDetection::default());
     assert_eq!(
         weights(&cfg, "my-trafficsplit"),
         w(&[("my-website-v1", 90), ("my-website-v2", 10)])
