@@ -136,7 +136,13 @@ impl Validator {
             };
         let r = spec.retries.unwrap_or_default();
         let retries = Retries {
-            attempts: count("spec.retries.attempts", r.attempts, 1, 0, 10) as u32,
+            attempts: count(
+                "spec.retries.attempts",
+                r.attempts,
+                Retries::default().attempts.into(),
+                0,
+                10,
+            ) as u32,
         };
         let outlier_detection = OutlierDetection {
             consecutive_failures: count(
