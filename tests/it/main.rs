@@ -11,6 +11,7 @@ mod hygiene;
 mod lifecycle;
 mod measure;
 mod measure_failures;
+mod oam;
 mod policies;
 mod properties;
 mod proxy;
