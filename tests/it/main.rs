@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod hostile;
 mod hygiene;
+mod kubernetes;
 mod lifecycle;
 mod measure;
 mod measure_failures;
