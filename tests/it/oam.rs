@@ -82,6 +82,18 @@ async fn a_kubevela_traffic_split_trait_routes_by_its_weights() {
     let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
     assert_eq!(routes["splits"][0]["name"], "my-website");
     assert_eq!(routes["splits"][0]["namespace"], "default");
+
+    // an edit of the trait reloads like an edit of the TrafficSplit
+    let file = proxy.path.join("oam-kubevela.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    rewrite(
+        &file,
+        &text
+            .replace("weight: 80", "weight: 0")
+            .replace("weight: 20", "weight: 100"),
+    );
+    proxy.wait_version(2).await;
+    assert_eq!(count(&proxy, "my-website", ["v1", "v2"], 50).await, [0, 50]);
 }
 
 // === the same table as the TrafficSplit each stands for ===
