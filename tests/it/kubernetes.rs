@@ -233,6 +233,18 @@ fn the_configmap_validates_mounted_with_the_certs_init_secret_and_the_deployment
     let pdb = kind(&docs, "PodDisruptionBudget");
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
     assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+
+    // the HTTPRoute example (loaded by the Gateway API tests) names services of this Proxy
+    let text =
+        std::fs::read_to_string(root().join("config/kubernetes/examples/httproute.yaml")).unwrap();
+    let route: Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(route["kind"], "HTTPRoute");
+    for rule in route["spec"]["rules"].as_sequence().unwrap() {
+        for backend in rule["backendRefs"].as_sequence().unwrap() {
+            let name = str_of(&backend["name"]);
+            assert!(proxy.services.contains_key(name), "httproute.yaml: {name}");
+        }
+    }
 }
 
 // === a DNS-named endpoint follows its resolution ===
