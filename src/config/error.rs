@@ -41,11 +41,66 @@ pub struct Origin {
     pub document: usize,
     pub kind: &'static str,
     pub name: String,
+    /// Set when the object is embedded in the document (a TrafficSplit declared as an OAM
+    /// trait): `kind` and `name` are then the outer document's, and field paths are
+    /// rewritten to where the fields are written in it.
+    pub within: Option<Arc<Embedding>>,
+}
+
+/// Where an embedded object sits in its document, and how its fields map onto it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedding {
+    /// The path of the embedded object, e.g. `spec.components[0] (component web).traits[1].trait`.
+    pub at: String,
+    pub shape: EmbeddedShape,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddedShape {
+    /// The whole object is written at `at` (an `ApplicationConfiguration` trait):
+    /// `spec.service` is `<at>.spec.service`.
+    Whole,
+    /// Only the spec's fields are written at `at` (KubeVela trait `properties`):
+    /// `spec.service` is `<at>.service`, and `metadata.*` is the outer document's own.
+    Spec,
+}
+
+impl Embedding {
+    /// The outer document's path of the embedded object's field `inner`.
+    pub fn field(&self, inner: &str) -> String {
+        let at = &self.at;
+        match self.shape {
+            EmbeddedShape::Whole if inner.is_empty() => at.clone(),
+            EmbeddedShape::Whole => format!("{at}.{inner}"),
+            EmbeddedShape::Spec => {
+                if inner.is_empty() || inner == "spec" {
+                    at.clone()
+                } else if let Some(rest) = inner.strip_prefix("spec.") {
+                    format!("{at}.{rest}")
+                } else if inner.starts_with("metadata.") {
+                    inner.to_string()
+                } else {
+                    format!("{at}.{inner}")
+                }
+            }
+        }
+    }
 }
 
 impl Origin {
+    /// Name the object once its name is known; an embedded object's errors keep naming
+    /// the document it is written in.
+    pub fn set_object_name(&mut self, name: impl Into<String>) {
+        if self.within.is_none() {
+            self.name = name.into();
+        }
+    }
+
     pub fn error(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-        let field = field.into();
+        let mut field = field.into();
+        if let Some(within) = &self.within {
+            field = within.field(&field);
+        }
         ConfigError {
             file: self.file.to_path_buf(),
             document: Some(self.document),
@@ -58,7 +113,11 @@ impl Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.file.display(), self.document)
+        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        if let Some(within) = &self.within {
+            write!(f, " ({} {}) {}", self.kind, self.name, within.at)?;
+        }
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ pub(super) struct Loader {
     pub warnings: Vec<String>,
 }
 
-const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
+pub(super) const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
 const SPECS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
 const ACCESS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3"];
 
@@ -94,6 +94,11 @@ impl Loader {
             ("split.smi-spec.io", "TrafficSplit") => ("TrafficSplit", SPLIT_VERSIONS),
             ("specs.smi-spec.io", "HTTPRouteGroup") => ("HTTPRouteGroup", SPECS_VERSIONS),
             ("access.smi-spec.io", "TrafficTarget") => ("TrafficTarget", ACCESS_VERSIONS),
+            // OAM: TrafficSplits declared as traits of an application's components
+            ("core.oam.dev", "ApplicationConfiguration") => {
+                ("ApplicationConfiguration", &["v1alpha2"])
+            }
+            ("core.oam.dev", "Application") => ("Application", &["v1beta1"]),
             _ => {
                 let what = if kind.is_empty() {
                     "a document without kind".to_string()
@@ -114,6 +119,7 @@ impl Loader {
             document,
             kind: kind_static,
             name,
+            within: None,
         };
         if !versions.contains(&version) {
             self.errors.push(origin.error(
@@ -145,6 +151,16 @@ impl Loader {
                     self.docs.route_groups.push((origin, d));
                 }
             }
+            "ApplicationConfiguration" => {
+                if let Some(d) = self.deserialize(&origin, value) {
+                    self.application_configuration(&origin, d);
+                }
+            }
+            "Application" => {
+                if let Some(d) = self.deserialize(&origin, value) {
+                    self.kubevela_application(&origin, d);
+                }
+            }
             _ => {
                 if let Some(d) = self.deserialize(&origin, value) {
                     self.docs.targets.push((origin, d));
@@ -154,7 +170,11 @@ impl Loader {
     }
 
     /// `value` as `T`; a failure is an error naming the field serde stopped at.
-    fn deserialize<T: DeserializeOwned>(&mut self, origin: &Origin, value: Value) -> Option<T> {
+    pub(super) fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        origin: &Origin,
+        value: Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {

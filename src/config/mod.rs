@@ -11,13 +11,15 @@
 //! validation has already decided.
 //!
 //! One concern per module: `files` (which files a path means), `loader` (documents to raw
-//! types by apiVersion and kind), `raw` (the serde mirrors), `values` (scalar forms),
-//! `validate` (one module per kind), `model` (the validated types), `error`.
+//! types by apiVersion and kind), `oam` (TrafficSplits declared as OAM traits, handed to
+//! the loader as the TrafficSplits they stand for), `raw` (the serde mirrors), `values`
+//! (scalar forms), `validate` (one module per kind), `model` (the validated types), `error`.
 
 mod error;
 mod files;
 mod loader;
 mod model;
+mod oam;
 pub mod raw;
 mod validate;
 pub mod values;
@@ -25,7 +27,7 @@ pub mod values;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use error::{file_error, ConfigError, Origin};
+pub use error::{file_error, ConfigError, EmbeddedShape, Embedding, Origin};
 pub use files::{config_files, is_config_file_name};
 pub use model::{
     AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Proxy,

@@ -234,3 +234,67 @@ pub struct RuleRef {
     #[serde(default)]
     pub matches: Vec<String>,
 }
+
+// === OAM ===
+
+/// `core.oam.dev/v1alpha2` `ApplicationConfiguration`. Only what binds traits to
+/// components is read; the rest (scopes, parameterValues, dataInputs, status) is the OAM
+/// runtime's business and ignored. Traits stay raw: one that is not a TrafficSplit is
+/// skipped with a warning, whatever its shape.
+#[derive(Debug, Deserialize)]
+pub struct ApplicationConfigurationDoc {
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: ApplicationConfigurationSpec,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ApplicationConfigurationSpec {
+    #[serde(default)]
+    pub components: Vec<ApplicationConfigurationComponent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationConfigurationComponent {
+    pub component_name: Option<String>,
+    /// Instead of `componentName`: a pinned revision of the component.
+    pub revision_name: Option<String>,
+    /// Each `{trait: <object>, dataOutputs, dataInputs}`.
+    #[serde(default)]
+    pub traits: Vec<Value>,
+}
+
+/// KubeVela `core.oam.dev/v1beta1` `Application`. Policies, workflow and the components'
+/// own properties are KubeVela's business and ignored.
+#[derive(Debug, Deserialize)]
+pub struct KubeVelaApplicationDoc {
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: KubeVelaApplicationSpec,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KubeVelaApplicationSpec {
+    #[serde(default)]
+    pub components: Vec<KubeVelaComponent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KubeVelaComponent {
+    #[serde(default)]
+    pub name: String,
+    /// Each `{type, properties}`.
+    #[serde(default)]
+    pub traits: Vec<Value>,
+}
+
+/// The `properties` of a `traffic-split` (alias `smi-split`) trait: our own trait type,
+/// so unknown fields are typos and refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSplitTraitProperties {
+    /// The root service; the component's name when absent.
+    pub service: Option<String>,
+    pub backends: Vec<SplitBackend>,
+}

@@ -50,7 +50,7 @@ impl Validator {
         let before = self.errors.len();
         let meta = doc.metadata;
         let Some(name) = meta.name.filter(|n| !n.is_empty()) else {
-            origin.name = "(unnamed)".into();
+            origin.set_object_name("(unnamed)");
             self.errors.push(origin.error("metadata.name", "required"));
             return None;
         };
@@ -218,7 +218,7 @@ impl Validator {
                 .find(|s| p.services.contains_key(*s))
                 .map(str::to_string)
         });
-        origin.name = name.clone();
+        origin.set_object_name(name.clone());
         Some(TrafficSplit {
             origin,
             api_version: format!("split.smi-spec.io/{version}"),
