@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::accesslog::Sink;
 use crate::config::{file_error, ConfigError};
 use crate::live::{Live, Worker};
 use crate::metrics::Metrics;
@@ -34,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the access log writer: {0}")]
+    AccessLog(std::io::Error),
     #[error("cannot start worker {index}: {source}")]
     Worker {
         index: usize,
@@ -90,6 +93,9 @@ impl Server {
         metrics.reload(true);
         metrics.config_version.set(1);
         metrics.last_reload_seconds.set(crate::unix_now());
+        // always started (it idles without entries): a reload may turn the log on
+        let access_log =
+            Sink::stdout(metrics.access_log_dropped.clone()).map_err(StartError::AccessLog)?;
         let live = Arc::new(Live::new(loaded.table, loaded.acceptor, metrics));
         tracing::info!(
             "serving {} split(s) on {proxy_addr} ({}), admin on {admin_addr}",
@@ -120,9 +126,10 @@ impl Server {
         for (index, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             let (live, accepting, cap) = (live.clone(), accepting.clone(), cap.clone());
+            let access_log = access_log.clone();
             std::thread::Builder::new()
                 .name(format!("splitproxy-worker-{index}"))
-                .spawn(move || run_worker(listener, live, accepting, cap, tx))
+                .spawn(move || run_worker(listener, live, access_log, accepting, cap, tx))
                 .map_err(|source| StartError::Worker { index, source })?;
             serving.push(rx);
         }
@@ -213,6 +220,7 @@ fn reuseport_listener(
 fn run_worker(
     listener: std::net::TcpListener,
     live: Arc<Live>,
+    access_log: Sink,
     accepting: watch::Receiver<bool>,
     cap: server::ConnectionCap,
     done: oneshot::Sender<()>,
@@ -241,6 +249,7 @@ fn run_worker(
         let worker = Rc::new(Worker {
             live,
             upstream: Upstream::new(pool),
+            access_log: Rc::new(access_log),
         });
         server::serve(listener, worker, accepting, cap).await;
         sweep.abort();

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod cmd;

@@ -31,6 +31,7 @@ use crate::h1guard::H1Guard;
 use crate::live::Worker;
 use crate::metrics::BackendCounters;
 use crate::proxy::{self, ConnInfo};
+use crate::accesslog::LogBody;
 use crate::response::{error_chain, local_response, Body};
 use crate::tls;
 
@@ -260,7 +261,7 @@ async fn serve_http<I>(
             // HTTP/1 heads are counted by H1Guard; HTTP/2 ones here (their size is h2's
             // max_header_list_size)
             if req.version() == Version::HTTP_2 && req.headers().len() > max_fields {
-                return Ok(too_many_fields(&worker));
+                return Ok(too_many_fields(&worker).map(LogBody::plain));
             }
             Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
         }
