@@ -72,7 +72,8 @@ impl RequestId {
 /// without a comma: no space, control byte or list separator, so it reads the same in a
 /// header, a log line and a shell.
 pub fn valid_request_id(v: &[u8]) -> bool {
-    (1..=MAX_REQUEST_ID).contains(&v.len()) && v.iter().all(|b| matches!(b, b'!'..=b'~') && *b != b',')
+    (1..=MAX_REQUEST_ID).contains(&v.len())
+        && v.iter().all(|b| matches!(b, b'!'..=b'~') && *b != b',')
 }
 
 /// Give a forwarded request its `x-request-id`: the client's first value when valid (any
@@ -454,7 +455,10 @@ mod tests {
 
     fn time(secs: u64, ms: u64) -> String {
         let mut out = Vec::new();
-        rfc3339_millis(UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms), &mut out);
+        rfc3339_millis(
+            UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms),
+            &mut out,
+        );
         String::from_utf8(out).unwrap()
     }
 

@@ -137,7 +137,14 @@ pub async fn handle(
         };
         e.upstream(endpoint, forward.tries);
     }
-    answer(worker, &forward.backend.counters, result, started, conn, log)
+    answer(
+        worker,
+        &forward.backend.counters,
+        result,
+        started,
+        conn,
+        log,
+    )
 }
 
 /// The response for a request's outcome, counted in `counters`, and with the access log

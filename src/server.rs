@@ -26,12 +26,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::accesslog::LogBody;
 use crate::config::{Limits, Timeouts};
 use crate::h1guard::H1Guard;
 use crate::live::Worker;
 use crate::metrics::BackendCounters;
 use crate::proxy::{self, ConnInfo};
-use crate::accesslog::LogBody;
 use crate::response::{error_chain, local_response, Body};
 use crate::tls;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::config::{
-    raw, values, AccessLog, AccessMode, ClientAuth, Endpoint, Limits, Origin, OutlierDetection, Proxy,
-    Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN,
+    raw, values, AccessLog, AccessMode, ClientAuth, Endpoint, Limits, Origin, OutlierDetection,
+    Proxy, Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN,
     DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN,
 };
 
@@ -243,7 +243,10 @@ impl Validator {
             Some(other) => {
                 let got = match &other {
                     serde_yaml::Value::String(s) => format!("{s:?}"),
-                    v => serde_yaml::to_string(v).unwrap_or_default().trim_end().to_string(),
+                    v => serde_yaml::to_string(v)
+                        .unwrap_or_default()
+                        .trim_end()
+                        .to_string(),
                 };
                 self.errors.push(origin.error(
                     "spec.accessLog",
