@@ -37,6 +37,7 @@ use crate::response::Body;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Lines that may wait for the writer; beyond, they are dropped (and counted).
+/// `SPLITPROXY_ACCESS_LOG_QUEUE` sets another length.
 pub const QUEUE: usize = 4096;
 
 /// The longest client `x-request-id` kept (bytes).
@@ -200,14 +201,24 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Start the writer thread on stdout.
+    /// Start the writer thread on stdout, with a queue of `SPLITPROXY_ACCESS_LOG_QUEUE`
+    /// entries (default `QUEUE`).
     pub fn stdout(dropped: Counter) -> std::io::Result<Sink> {
-        Self::start(std::io::stdout(), dropped)
+        let queue = std::env::var("SPLITPROXY_ACCESS_LOG_QUEUE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(QUEUE);
+        Self::start(std::io::stdout(), queue, dropped)
     }
 
-    /// Start the writer thread on `out`.
-    pub fn start<W: Write + Send + 'static>(out: W, dropped: Counter) -> std::io::Result<Sink> {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    /// Start the writer thread on `out`, with a queue of `queue` entries.
+    pub fn start<W: Write + Send + 'static>(
+        out: W,
+        queue: usize,
+        dropped: Counter,
+    ) -> std::io::Result<Sink> {
+        let (tx, rx) = mpsc::channel(queue);
         let counter = dropped.clone();
         std::thread::Builder::new()
             .name("splitproxy-access-log".into())
