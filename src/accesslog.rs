@@ -28,7 +28,7 @@ use http::header::{self, Entry as HeaderEntry};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body::{Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Labels;
 use crate::proxy::ConnInfo;
@@ -193,10 +193,17 @@ impl Entry {
     }
 }
 
+/// What the writer thread is given: a line to write, or a request to say when everything
+/// before it is written and flushed.
+enum Job {
+    Line(Box<Entry>),
+    Flush(oneshot::Sender<()>),
+}
+
 /// Where finished entries go: the bounded queue to the writer thread.
 #[derive(Clone)]
 pub struct Sink {
-    tx: mpsc::Sender<Box<Entry>>,
+    tx: mpsc::Sender<Job>,
     dropped: Counter,
 }
 
@@ -218,7 +225,7 @@ impl Sink {
         queue: usize,
         dropped: Counter,
     ) -> std::io::Result<Sink> {
-        let (tx, rx) = mpsc::channel(queue);
+        let (tx, rx) = mpsc::channel(queue.max(1));
         let counter = dropped.clone();
         std::thread::Builder::new()
             .name("splitproxy-access-log".into())
@@ -229,9 +236,21 @@ impl Sink {
     /// Queue a finished entry; never waits: a full queue drops the line and counts it.
     #[inline]
     pub fn send(&self, entry: Box<Entry>) {
-        if self.tx.try_send(entry).is_err() {
+        if self.tx.try_send(Job::Line(entry)).is_err() {
             self.dropped.inc();
         }
+    }
+
+    /// Wait until the lines queued so far are written and flushed, at most `limit` (stdout
+    /// may be a pipe nobody reads): at shutdown, so that the last requests' lines are out.
+    pub async fn flush(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        let flushed = async {
+            if self.tx.send(Job::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, flushed).await;
     }
 }
 
@@ -324,7 +343,7 @@ impl http_body::Body for LogBody {
 /// empty, then pause briefly so that under load senders find the thread awake (a wake-up
 /// of a parked thread would be a system call on the request path). Ends when every
 /// sender is gone.
-fn write_lines<W: Write>(mut rx: mpsc::Receiver<Box<Entry>>, out: W, dropped: Counter) {
+fn write_lines<W: Write>(mut rx: mpsc::Receiver<Job>, out: W, dropped: Counter) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(512);
     let mut warned = false;
@@ -333,17 +352,26 @@ fn write_lines<W: Write>(mut rx: mpsc::Receiver<Box<Entry>>, out: W, dropped: Co
         let (wall, mono) = (SystemTime::now(), Instant::now());
         let mut next = Some(first);
         let mut failed = false;
-        while let Some(entry) = next {
-            line.clear();
-            format_line(&entry, wall, mono, &mut line);
-            drop(entry);
-            if out.write_all(&line).is_err() {
-                dropped.inc();
-                failed = true;
+        let mut waiting = Vec::new();
+        while let Some(job) = next {
+            match job {
+                Job::Line(entry) => {
+                    line.clear();
+                    format_line(&entry, wall, mono, &mut line);
+                    drop(entry);
+                    if out.write_all(&line).is_err() {
+                        dropped.inc();
+                        failed = true;
+                    }
+                }
+                Job::Flush(done) => waiting.push(done),
             }
             next = rx.try_recv().ok();
         }
         failed |= out.flush().is_err();
+        for done in waiting {
+            let _ = done.send(());
+        }
         if failed {
             if !warned {
                 tracing::warn!("access log: cannot write to stdout; lines are dropped");

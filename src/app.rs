@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -53,6 +54,7 @@ pub struct Server {
     reloads: mpsc::Sender<reload::Request>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
+    access_log: Sink,
 }
 
 impl Server {
@@ -160,6 +162,7 @@ impl Server {
             reloads,
             stop,
             done,
+            access_log,
         })
     }
 
@@ -191,9 +194,11 @@ impl Server {
         let _ = self.stop.send(true);
     }
 
-    /// Wait until the shutdown sequence has finished.
+    /// Wait until the shutdown sequence has finished and the access log is written out
+    /// (a few seconds at most: stdout may be stuck).
     pub async fn wait(self) {
         let _ = self.done.await;
+        self.access_log.flush(Duration::from_secs(2)).await;
     }
 }
 

@@ -684,3 +684,92 @@ fn access_log_accepts_off_json_and_false_and_names_the_field_otherwise() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_logged_once_with_the_bytes_sent() {
+    let web = Backend::spawn("web-v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = proxy_doc(&[("web-v1", web.addr)], "accessLog: json")
+        + &split_doc("web-split", "web", &[("web-v1", 1)]);
+    let mut proxy = run(&write_config(dir.path(), &yaml));
+    let rx = lines(&mut proxy);
+    let total: u64 = 64 << 20;
+    {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut s, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let r = Request::get(format!("/download/{total}"))
+            .header("host", "web")
+            .body(empty())
+            .unwrap();
+        let mut resp = s.send_request(r).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        // one frame, then the client goes away
+        resp.body_mut().frame().await.unwrap().unwrap();
+        conn.abort();
+    }
+    let v = take(&rx, 1).remove(0);
+    assert_eq!(v["path"], format!("/download/{total}"));
+    assert_eq!(v["status"], 200);
+    let sent = v["bytes_sent"].as_u64().unwrap();
+    assert!(sent > 0 && sent < total, "{sent} of {total}");
+    // exactly once: the next line is the next request's
+    send(
+        &client(),
+        req(
+            "GET",
+            &format!("http://{}/next", proxy.addr),
+            "web",
+            b"",
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(take(&rx, 1)[0]["path"], "/next");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_out_every_line_before_the_exit() {
+    let web = Backend::spawn("web-v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = proxy_doc(&[("web-v1", web.addr)], "accessLog: json")
+        + &split_doc("web-split", "web", &[("web-v1", 1)]);
+    let mut proxy = run(&write_config(dir.path(), &yaml));
+    let c = client();
+    for i in 0..20 {
+        let url = format!("http://{}/r{i}", proxy.addr);
+        assert_eq!(
+            send(&c, req("GET", &url, "web", b"", &[])).await.status,
+            StatusCode::OK
+        );
+    }
+    let ok = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", proxy.child.id())])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = proxy.stdout.take().unwrap();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut { out }, &mut s).unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    assert!(proxy.child.wait().unwrap().success());
+    let paths: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("/r{i}")).collect();
+    assert_eq!(paths, want);
+}
