@@ -1,8 +1,9 @@
 //! The access log (`spec.accessLog: json`) and the request id (`x-request-id`).
 //!
 //! ```text
-//! proxy::handle   Entry::start: cheap clones (method, URI, Host, id, identity), no strings
-//!   proxy::answer Entry: status, split/backend labels (one Arc), endpoint, tries
+//! proxy::handle   Pending::start: an Entry of cheap clones (method, URI, Host, id,
+//!                 identity), no strings; then the endpoint and the tries
+//!   proxy::answer status, split/backend labels (one Arc)
 //!   LogBody       counts the response bytes; at the body's end (or drop) the entry goes
 //!                 to Sink::send: try_send on a bounded channel, dropped and counted when full
 //! writer thread   formats JSON lines into a BufWriter on stdout, flushes when the queue is
@@ -152,7 +153,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The request's side of its line, when it arrives (after path normalisation).
+    /// The request's side of its line.
     pub fn start<B: http_body::Body>(
         req: &Request<B>,
         conn: &ConnInfo,
@@ -189,7 +190,10 @@ impl Entry {
     /// The answer's head: its status and the series (split, backend) it is counted in.
     pub fn answered(&mut self, status: http::StatusCode, labels: &Arc<Labels>) {
         self.status = status.as_u16();
-        self.labels = labels.clone();
+        // usually the series `routed` took already: no second reference count
+        if !Arc::ptr_eq(&self.labels, labels) {
+            self.labels = labels.clone();
+        }
     }
 }
 
@@ -254,10 +258,61 @@ impl Sink {
     }
 }
 
-/// An entry on its way, with the sink it goes to when the response ends.
-struct Pending {
+/// An entry on its way to its sink, where it goes exactly once, when this is dropped: at
+/// the end of the response body (`LogBody` holds it), when that body is dropped before its
+/// end (a client gone mid-body), or when the request is abandoned before it is answered
+/// (a client gone while the backend thinks: status 0, as Envoy writes it).
+pub struct Pending {
     entry: Option<Box<Entry>>,
     sink: Rc<Sink>,
+}
+
+impl Pending {
+    /// The request's side of its line, when it arrives (after path normalisation).
+    pub fn start<B: http_body::Body>(
+        req: &Request<B>,
+        conn: &ConnInfo,
+        started: Instant,
+        sink: &Rc<Sink>,
+    ) -> Pending {
+        Pending {
+            entry: Some(Entry::start(req, conn, started)),
+            sink: sink.clone(),
+        }
+    }
+
+    /// The request id the line carries.
+    pub fn id(&self) -> Option<&RequestId> {
+        self.entry.as_ref().map(|e| &e.id)
+    }
+
+    /// The counter of request body bytes, for the upstream request body to add to.
+    pub fn received(&self) -> Option<Arc<AtomicU64>> {
+        self.entry.as_ref().and_then(|e| e.received.clone())
+    }
+
+    /// Where the request is going: what the line says if the client leaves before the
+    /// answer (the first try's backend series and endpoint).
+    pub fn routed(&mut self, labels: &Arc<Labels>, endpoint: SocketAddr) {
+        if let Some(e) = &mut self.entry {
+            e.labels = labels.clone();
+            e.upstream(Some(endpoint), 1);
+        }
+    }
+
+    /// Where the request went: the last endpoint tried and the number of tries.
+    pub fn upstream(&mut self, endpoint: Option<SocketAddr>, tries: u32) {
+        if let Some(e) = &mut self.entry {
+            e.upstream(endpoint, tries);
+        }
+    }
+
+    /// The answer's head: its status and the series (split, backend) it is counted in.
+    pub fn answered(&mut self, status: http::StatusCode, labels: &Arc<Labels>) {
+        if let Some(e) = &mut self.entry {
+            e.answered(status, labels);
+        }
+    }
 }
 
 impl Drop for Pending {
@@ -270,8 +325,7 @@ impl Drop for Pending {
 }
 
 /// The response body the client gets: the proxy's `Body`, and with the access log on, the
-/// pending entry. The line is sent when the body ends, fails or is dropped (a client gone
-/// mid-body), exactly once.
+/// pending entry, sent when the body ends, fails or is dropped.
 pub struct LogBody {
     inner: Body,
     log: Option<Pending>,
@@ -283,14 +337,11 @@ impl LogBody {
         LogBody { inner, log: None }
     }
 
-    /// A body whose end sends `entry` to `sink`.
-    pub fn logged(inner: Body, entry: Box<Entry>, sink: &Rc<Sink>) -> LogBody {
+    /// A body whose end sends `log`'s entry.
+    pub fn logged(inner: Body, log: Pending) -> LogBody {
         LogBody {
             inner,
-            log: Some(Pending {
-                entry: Some(entry),
-                sink: sink.clone(),
-            }),
+            log: Some(log),
         }
     }
 }

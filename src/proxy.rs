@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access::Principal;
-use crate::accesslog::{self, Entry as LogEntry, LogBody};
+use crate::accesslog::{self, LogBody, Pending};
 use crate::config::AccessLog;
 use crate::identity::Identity;
 use crate::live::Worker;
@@ -99,26 +99,29 @@ pub async fn handle(
     // matches, access rules and the backend all see the normalised path
     let normalized = crate::path::normalize_uri(req.uri_mut());
     let mut log = (table.config.proxy.access_log == AccessLog::Json)
-        .then(|| LogEntry::start(&req, conn, started));
+        .then(|| Pending::start(&req, conn, started, &worker.access_log));
     if let Err(e) = normalized {
         let error = Err(ProxyError::BadPath(e));
-        return answer(worker, table.unrouted(), error, started, conn, log);
+        return answer(table.unrouted(), error, started, conn, log);
     }
     let routed = match table.route(&req, conn.principal.as_ref(), &conn.caller) {
         Ok(r) => r,
         Err(refused) => {
             let error = Err(*refused.error);
-            return answer(worker, refused.counters, error, started, conn, log);
+            return answer(refused.counters, error, started, conn, log);
         }
     };
     if let Some(limit) = table.body_limit {
         // a declared length over the limit is refused before anything goes upstream
         if req.body().size_hint().lower() > limit {
             let error = Err(ProxyError::BodyTooLarge { limit });
-            return answer(worker, routed.split.unpicked(), error, started, conn, log);
+            return answer(routed.split.unpicked(), error, started, conn, log);
         }
     }
-    accesslog::set_request_id(req.headers_mut(), log.as_ref().map(|e| &e.id));
+    accesslog::set_request_id(req.headers_mut(), log.as_ref().and_then(Pending::id));
+    if let Some(log) = &mut log {
+        log.routed(&routed.backend.counters.labels, routed.endpoint.addr);
+    }
     let mut forward = Forward {
         table: &table,
         split: routed.split,
@@ -127,35 +130,27 @@ pub async fn handle(
         endpoint: routed.endpoint,
         set_cookie: routed.set_cookie,
         tries: 1,
-        received: log.as_ref().and_then(|e| e.received.clone()),
+        received: log.as_ref().and_then(Pending::received),
     };
     let result = forward.send(&worker.upstream, conn, req).await;
-    if let Some(e) = &mut log {
+    if let Some(log) = &mut log {
         let endpoint = match &result {
             Ok(_) => Some(forward.endpoint.addr),
             Err(error) => error.endpoint(),
         };
-        e.upstream(endpoint, forward.tries);
+        log.upstream(endpoint, forward.tries);
     }
-    answer(
-        worker,
-        &forward.backend.counters,
-        result,
-        started,
-        conn,
-        log,
-    )
+    answer(&forward.backend.counters, result, started, conn, log)
 }
 
 /// The response for a request's outcome, counted in `counters`, and with the access log
 /// on, carrying the request's entry to the end of its body.
 fn answer(
-    worker: &Worker,
     counters: &BackendCounters,
     result: Result<Response<Body>, ProxyError>,
     started: Instant,
     conn: &ConnInfo,
-    log: Option<Box<LogEntry>>,
+    log: Option<Pending>,
 ) -> Response<LogBody> {
     let resp = match result {
         Ok(resp) => resp,
@@ -177,9 +172,9 @@ fn answer(
     counters.record(resp.status(), started);
     match log {
         None => resp.map(LogBody::plain),
-        Some(mut entry) => {
-            entry.answered(resp.status(), &counters.labels);
-            resp.map(|body| LogBody::logged(body, entry, &worker.access_log))
+        Some(mut log) => {
+            log.answered(resp.status(), &counters.labels);
+            resp.map(|body| LogBody::logged(body, log))
         }
     }
 }

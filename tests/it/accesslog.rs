@@ -773,3 +773,47 @@ async fn sigterm_writes_out_every_line_before_the_exit() {
     let want: Vec<String> = (0..20).map(|i| format!("/r{i}")).collect();
     assert_eq!(paths, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_abandoned_before_its_answer_is_logged_with_status_0() {
+    let web = Backend::spawn("web-v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = proxy_doc(&[("web-v1", web.addr)], "accessLog: json")
+        + &split_doc("web-split", "web", &[("web-v1", 1)]);
+    let mut proxy = run(&write_config(dir.path(), &yaml));
+    let rx = lines(&mut proxy);
+    {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut s, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let r = Request::get("/hang")
+            .header("host", "web")
+            .body(empty())
+            .unwrap();
+        let pending = tokio::spawn(async move { s.send_request(r).await });
+        // the backend holds it (it never answers /hang): then the client leaves
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while web.hits() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request never reached the backend"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        pending.abort();
+        conn.abort();
+    }
+    let v = take(&rx, 1).remove(0);
+    assert_eq!(v["path"], "/hang");
+    assert_eq!(v["status"], 0, "no response was sent: {v}");
+    assert_eq!(
+        (&v["split"], &v["backend"]),
+        (&Value::from("default/web-split"), &Value::from("web-v1"))
+    );
+    assert_eq!(v["endpoint"], web.addr.to_string().as_str());
+    assert_eq!(v["tries"], 1);
+    assert_eq!(v["bytes_sent"], 0);
+}
