@@ -134,7 +134,7 @@ pub fn uuid_v4() -> [u8; 36] {
 #[derive(Debug)]
 pub struct Entry {
     started: Instant,
-    pub id: RequestId,
+    id: RequestId,
     method: Method,
     /// Normalised path and query (and, for HTTP/2 or absolute-form, the authority).
     uri: Uri,
@@ -143,8 +143,9 @@ pub struct Entry {
     identity: Option<Arc<str>>,
     /// Request body bytes read from the client, counted by the upstream request body;
     /// `None` for a request without a body.
-    pub received: Option<Arc<AtomicU64>>,
-    labels: Arc<Labels>,
+    received: Option<Arc<AtomicU64>>,
+    /// The series the request is counted in: its split and backend.
+    labels: Option<Arc<Labels>>,
     endpoint: Option<SocketAddr>,
     status: u16,
     tries: u32,
@@ -172,7 +173,7 @@ impl Entry {
             host,
             identity: conn.spiffe.clone(),
             received: (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0))),
-            labels: Arc::default(),
+            labels: None,
             endpoint: None,
             status: 0,
             tries: 0,
@@ -191,8 +192,8 @@ impl Entry {
     pub fn answered(&mut self, status: http::StatusCode, labels: &Arc<Labels>) {
         self.status = status.as_u16();
         // usually the series `routed` took already: no second reference count
-        if !Arc::ptr_eq(&self.labels, labels) {
-            self.labels = labels.clone();
+        if !self.labels.as_ref().is_some_and(|l| Arc::ptr_eq(l, labels)) {
+            self.labels = Some(labels.clone());
         }
     }
 }
@@ -295,7 +296,7 @@ impl Pending {
     /// answer (the first try's backend series and endpoint).
     pub fn routed(&mut self, labels: &Arc<Labels>, endpoint: SocketAddr) {
         if let Some(e) = &mut self.entry {
-            e.labels = labels.clone();
+            e.labels = Some(labels.clone());
             e.upstream(Some(endpoint), 1);
         }
     }
@@ -456,10 +457,11 @@ pub fn format_line(e: &Entry, wall: SystemTime, mono: Instant, out: &mut Vec<u8>
         (None, Some(h)) => json_str(out, h.as_bytes()),
         (None, None) => out.extend_from_slice(b"null"),
     }
+    let labels = e.labels.as_deref();
     out.extend_from_slice(b",\"split\":");
-    json_opt(out, e.labels.split.as_deref());
+    json_opt(out, labels.and_then(|l| l.split.as_deref()));
     out.extend_from_slice(b",\"backend\":");
-    json_opt(out, e.labels.backend.as_deref());
+    json_opt(out, labels.and_then(|l| l.backend.as_deref()));
     out.extend_from_slice(b",\"endpoint\":");
     match e.endpoint {
         Some(addr) => {
@@ -658,5 +660,75 @@ mod tests {
         assert_eq!(v["identity"], serde_json::Value::Null);
         assert_eq!(v["tries"], 2);
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+
+    /// A stdout that holds its first write until released, and records what it got.
+    struct Stuck {
+        entered: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        got: Arc<std::sync::Mutex<Vec<u8>>>,
+        held: bool,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.held {
+                self.held = true;
+                let _ = self.entered.send(());
+                let _ = self.release.recv();
+            }
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(path: &str) -> Box<Entry> {
+        let req = Request::get(path)
+            .header("host", "web")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 9)), false, None, None);
+        Entry::start(&req, &conn, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_and_never_waits() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = Stuck {
+            entered: entered_tx,
+            release: release_rx,
+            got: got.clone(),
+            held: false,
+        };
+        let dropped = Counter::default();
+        let sink = Sink::start(out, 4, dropped.clone()).unwrap();
+        sink.send(entry("/0"));
+        // the writer has taken /0 and is stuck writing it: the queue is empty
+        entered.recv().unwrap();
+        for i in 1..=4 {
+            sink.send(entry(&format!("/{i}")));
+        }
+        assert_eq!(dropped.get(), 0);
+        sink.send(entry("/5"));
+        sink.send(entry("/6"));
+        assert_eq!(dropped.get(), 2, "a full queue drops the line");
+        release.send(()).unwrap();
+        sink.flush(Duration::from_secs(10)).await;
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        let paths: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(paths, ["/0", "/1", "/2", "/3", "/4"]);
     }
 }
