@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::accesslog::Sink;
 use crate::config::{file_error, ConfigError};
 use crate::live::{Live, Worker};
 use crate::metrics::Metrics;
@@ -34,6 +36,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the access log writer: {0}")]
+    AccessLog(std::io::Error),
     #[error("cannot start worker {index}: {source}")]
     Worker {
         index: usize,
@@ -50,6 +54,7 @@ pub struct Server {
     reloads: mpsc::Sender<reload::Request>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
+    access_log: Sink,
 }
 
 impl Server {
@@ -90,6 +95,9 @@ impl Server {
         metrics.reload(true);
         metrics.config_version.set(1);
         metrics.last_reload_seconds.set(crate::unix_now());
+        // always started (it idles without entries): a reload may turn the log on
+        let access_log =
+            Sink::stdout(metrics.access_log_dropped.clone()).map_err(StartError::AccessLog)?;
         let live = Arc::new(Live::new(loaded.table, loaded.acceptor, metrics));
         tracing::info!(
             "serving {} split(s) on {proxy_addr} ({}), admin on {admin_addr}",
@@ -120,9 +128,10 @@ impl Server {
         for (index, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             let (live, accepting, cap) = (live.clone(), accepting.clone(), cap.clone());
+            let access_log = access_log.clone();
             std::thread::Builder::new()
                 .name(format!("splitproxy-worker-{index}"))
-                .spawn(move || run_worker(listener, live, accepting, cap, tx))
+                .spawn(move || run_worker(listener, live, access_log, accepting, cap, tx))
                 .map_err(|source| StartError::Worker { index, source })?;
             serving.push(rx);
         }
@@ -153,6 +162,7 @@ impl Server {
             reloads,
             stop,
             done,
+            access_log,
         })
     }
 
@@ -184,9 +194,11 @@ impl Server {
         let _ = self.stop.send(true);
     }
 
-    /// Wait until the shutdown sequence has finished.
+    /// Wait until the shutdown sequence has finished and the access log is written out
+    /// (a few seconds at most: stdout may be stuck).
     pub async fn wait(self) {
         let _ = self.done.await;
+        self.access_log.flush(Duration::from_secs(2)).await;
     }
 }
 
@@ -213,6 +225,7 @@ fn reuseport_listener(
 fn run_worker(
     listener: std::net::TcpListener,
     live: Arc<Live>,
+    access_log: Sink,
     accepting: watch::Receiver<bool>,
     cap: server::ConnectionCap,
     done: oneshot::Sender<()>,
@@ -241,6 +254,7 @@ fn run_worker(
         let worker = Rc::new(Worker {
             live,
             upstream: Upstream::new(pool),
+            access_log: Rc::new(access_log),
         });
         server::serve(listener, worker, accepting, cap).await;
         sweep.abort();

@@ -12,10 +12,14 @@
 //!                      host -> Route -> Split (matches, access) -> Backend -> endpoint
 //!                      (ejected ones left out) = routing::Routed, or routing::Refused
 //!                      (404, 403, 503, ...)
+//!                      x-request-id set (accesslog::set_request_id); with accessLog: json
+//!                      an accesslog::Entry of cheap clones follows the request
 //!   Forward::send      headers rewritten -> upstream::Upstream::send on the worker's
 //!                      pool (plain or TLS) -> a retry elsewhere if the request never
 //!                      reached a backend -> endpoint health -> response headers
 //!   proxy::answer      response::ProxyError -> the proxy's own answer; metrics, once
+//!   accesslog::LogBody at the body's end the entry is queued (try_send, bounded) to the
+//!                      writer thread, which formats JSON lines onto stdout
 //! ```
 //!
 //! # The life of a configuration
@@ -35,11 +39,13 @@
 //! policy), `health` (endpoint health for outlier detection, per process), `upstream`
 //! (`pool`: per-worker HTTP/1.1 connections, plain and TLS; `body`: the request body
 //! sent upstream), `live` (what the request path reads), `load` (the one pipeline),
-//! `reload`, `admin`, `metrics`, `config` (documents and validation). The tool commands live under `cmd`.
+//! `reload`, `admin`, `metrics`, `accesslog` (access log lines and the request id),
+//! `config` (documents and validation). The tool commands live under `cmd`.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod cmd;

@@ -2,10 +2,12 @@
 //! behind its own swap, and the metrics. The reload task is the only writer; a worker adds
 //! its own upstream client and never shares it.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::accesslog::Sink;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 use crate::tls::Acceptor;
@@ -34,4 +36,6 @@ impl Live {
 pub struct Worker {
     pub live: Arc<Live>,
     pub upstream: Upstream,
+    /// Where finished access log entries go (used only while `accessLog: json`).
+    pub access_log: Rc<Sink>,
 }

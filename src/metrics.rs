@@ -122,6 +122,9 @@ pub struct Metrics {
     handshake_failures: Family<ReasonLabels, Counter>,
     pub config_version: Gauge,
     pub last_reload_seconds: Gauge<f64, AtomicU64>,
+    /// Access log lines lost: the writer's queue was full (stdout slower than the traffic)
+    /// or stdout refused the write.
+    pub access_log_dropped: Counter,
     /// split -> backend -> handles; series are never removed, so neither are these.
     handles: Mutex<FxHashMap<Box<str>, ByBackend>>,
 }
@@ -134,6 +137,8 @@ type ByBackend = FxHashMap<Box<str>, Arc<BackendCounters>>;
 /// and retries. Handles to atomics; cloning one is cheap and made once per table build.
 #[derive(Clone, Debug, Default)]
 pub struct BackendCounters {
+    /// The series' split and backend, for the access log (one reference count per line).
+    pub labels: Arc<Labels>,
     by_class: [Counter; 5],
     duration_handle: LatencyHistogram,
     pub connect_failures: Counter,
@@ -141,6 +146,27 @@ pub struct BackendCounters {
     /// Tries of a request moved elsewhere after this backend could not be reached.
     pub retries: Counter,
 }
+
+/// A series' split and backend names; `None` where the metric label is `(none)` (the
+/// routing table's label for a split or backend that a request did not reach).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    pub split: Option<Box<str>>,
+    pub backend: Option<Box<str>>,
+}
+
+impl Labels {
+    fn new(split: &str, backend: &str) -> Labels {
+        let named = |l: &str| (l != NONE_LABEL).then(|| l.into());
+        Labels {
+            split: named(split),
+            backend: named(backend),
+        }
+    }
+}
+
+/// `routing`'s label for what a request did not reach.
+const NONE_LABEL: &str = "(none)";
 
 impl BackendCounters {
     /// Record one request's duration (seconds) next to its status.
@@ -248,6 +274,12 @@ impl Metrics {
             "Unix time of the last successful configuration load",
             last_reload_seconds.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer's queue was full or stdout failed",
+            access_log_dropped.clone(),
+        );
         // every result series exists from the start
         for result in ["ok", "error"] {
             let _ = reloads.get_or_create(&ResultLabels {
@@ -267,6 +299,7 @@ impl Metrics {
             handshake_failures,
             config_version,
             last_reload_seconds,
+            access_log_dropped,
             handles: Mutex::default(),
         }
     }
@@ -302,6 +335,7 @@ impl Metrics {
             backend: backend.into(),
         };
         BackendCounters {
+            labels: Arc::new(Labels::new(split, backend)),
             by_class,
             duration_handle: self.durations.get_or_create(&labels).clone(),
             connect_failures: self.connect_failures.get_or_create(&labels).clone(),

@@ -9,6 +9,7 @@
 //! `limits.requestBodyBytes` on its way (`upstream::body`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access::Principal;
+use crate::accesslog::{self, LogBody, Pending};
+use crate::config::AccessLog;
 use crate::identity::Identity;
 use crate::live::Worker;
 use crate::metrics::BackendCounters;
@@ -51,6 +54,8 @@ pub struct ConnInfo {
     pub principal: Option<Principal>,
     /// The caller's name for messages: SPIFFE ID, DNS name or CN; `(anonymous)` without one.
     pub caller: String,
+    /// The caller's SPIFFE ID, for the access log.
+    pub spiffe: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -67,6 +72,7 @@ impl ConnInfo {
         let caller = identity
             .as_ref()
             .map_or_else(|| "(anonymous)".to_string(), |i| i.name().to_string());
+        let spiffe = identity.and_then(|i| i.spiffe).map(Arc::from);
         ConnInfo {
             peer,
             peer_ip,
@@ -74,34 +80,47 @@ impl ConnInfo {
             xfcc,
             principal,
             caller,
+            spiffe,
         }
     }
 }
 
 /// Serve one request. Never fails: errors become the proxy's own responses. The timer
-/// starts here, and `answer` counts every request once, whoever answered it.
+/// starts here, and `answer` counts every request once, whoever answered it. With the
+/// access log on, an `Entry` follows the request (one branch when it is off).
 pub async fn handle(
     worker: &Worker,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-) -> Response<Body> {
+) -> Response<LogBody> {
     let started = Instant::now();
     // the table is held for the request's life: a retry picks again from the same one
     let table = worker.live.routes.load_full();
     // matches, access rules and the backend all see the normalised path
-    if let Err(e) = crate::path::normalize_uri(req.uri_mut()) {
-        return answer(table.unrouted(), Err(ProxyError::BadPath(e)), started, conn);
+    let normalized = crate::path::normalize_uri(req.uri_mut());
+    let mut log = (table.config.proxy.access_log == AccessLog::Json)
+        .then(|| Pending::start(&req, conn, started, &worker.access_log));
+    if let Err(e) = normalized {
+        let error = Err(ProxyError::BadPath(e));
+        return answer(table.unrouted(), error, started, conn, log);
     }
     let routed = match table.route(&req, conn.principal.as_ref(), &conn.caller) {
         Ok(r) => r,
-        Err(refused) => return answer(refused.counters, Err(*refused.error), started, conn),
+        Err(refused) => {
+            let error = Err(*refused.error);
+            return answer(refused.counters, error, started, conn, log);
+        }
     };
     if let Some(limit) = table.body_limit {
         // a declared length over the limit is refused before anything goes upstream
         if req.body().size_hint().lower() > limit {
-            let error = ProxyError::BodyTooLarge { limit };
-            return answer(routed.split.unpicked(), Err(error), started, conn);
+            let error = Err(ProxyError::BodyTooLarge { limit });
+            return answer(routed.split.unpicked(), error, started, conn, log);
         }
+    }
+    accesslog::set_request_id(req.headers_mut(), log.as_ref().and_then(Pending::id));
+    if let Some(log) = &mut log {
+        log.routed(&routed.backend.counters.labels, routed.endpoint.addr);
     }
     let mut forward = Forward {
         table: &table,
@@ -110,18 +129,29 @@ pub async fn handle(
         backend: routed.backend,
         endpoint: routed.endpoint,
         set_cookie: routed.set_cookie,
+        tries: 1,
+        received: log.as_ref().and_then(Pending::received),
     };
     let result = forward.send(&worker.upstream, conn, req).await;
-    answer(&forward.backend.counters, result, started, conn)
+    if let Some(log) = &mut log {
+        let endpoint = match &result {
+            Ok(_) => Some(forward.endpoint.addr),
+            Err(error) => error.endpoint(),
+        };
+        log.upstream(endpoint, forward.tries);
+    }
+    answer(&forward.backend.counters, result, started, conn, log)
 }
 
-/// The response for a request's outcome, counted in `counters`.
+/// The response for a request's outcome, counted in `counters`, and with the access log
+/// on, carrying the request's entry to the end of its body.
 fn answer(
     counters: &BackendCounters,
     result: Result<Response<Body>, ProxyError>,
     started: Instant,
     conn: &ConnInfo,
-) -> Response<Body> {
+    log: Option<Pending>,
+) -> Response<LogBody> {
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -140,7 +170,13 @@ fn answer(
         }
     };
     counters.record(resp.status(), started);
-    resp
+    match log {
+        None => resp.map(LogBody::plain),
+        Some(mut log) => {
+            log.answered(resp.status(), &counters.labels);
+            resp.map(|body| LogBody::logged(body, log))
+        }
+    }
 }
 
 /// A routed request on its way to the backend; a retry moves it to another endpoint or
@@ -152,6 +188,10 @@ struct Forward<'t> {
     backend: &'t Arc<Backend>,
     endpoint: Picked,
     set_cookie: Option<HeaderValue>,
+    /// 1 + the retries so far (for the access log).
+    tries: u32,
+    /// Counts the request body bytes read from the client, when the access log wants them.
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl Forward<'_> {
@@ -163,7 +203,8 @@ impl Forward<'_> {
     ) -> Result<Response<Body>, ProxyError> {
         let downstream_upgrade = prepare_request(&mut req, conn);
         let replay = Replay::of(&req, self.table.retries > 0 && self.split.alternatives);
-        let req = req.map(|body| RequestBody::new(body, self.table.body_limit));
+        let received = self.received.take();
+        let req = req.map(|body| RequestBody::new(body, self.table.body_limit).counting(received));
         let timeout = self.table.timeouts.upstream;
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
         let outcome = {
@@ -264,6 +305,7 @@ impl Forward<'_> {
             };
             tracing::debug!(service = %self.backend.service, endpoint = %addr, "trying again elsewhere: {}", error_chain(&error));
             self.backend.counters.retries.inc();
+            self.tries += 1;
             attempts -= 1;
             self.slot = slot;
             self.backend = &self.split.members()[slot];

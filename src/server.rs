@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::accesslog::LogBody;
 use crate::config::{Limits, Timeouts};
 use crate::h1guard::H1Guard;
 use crate::live::Worker;
@@ -260,7 +261,7 @@ async fn serve_http<I>(
             // HTTP/1 heads are counted by H1Guard; HTTP/2 ones here (their size is h2's
             // max_header_list_size)
             if req.version() == Version::HTTP_2 && req.headers().len() > max_fields {
-                return Ok(too_many_fields(&worker));
+                return Ok(too_many_fields(&worker).map(LogBody::plain));
             }
             Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
         }

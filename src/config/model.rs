@@ -44,7 +44,16 @@ pub struct Proxy {
     pub limits: Limits,
     pub retries: Retries,
     pub outlier_detection: OutlierDetection,
+    pub access_log: AccessLog,
     pub services: BTreeMap<String, Service>,
+}
+
+/// `spec.accessLog`: one line per request on stdout, or none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    #[default]
+    Off,
+    Json,
 }
 
 /// A backend service: where it runs, and how to reach it.

@@ -47,6 +47,8 @@ pub struct ProxySpec {
     pub limits: Option<Limits>,
     pub retries: Option<Retries>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `off`, `json`, or YAML `false`: kept raw so validation names the accepted values.
+    pub access_log: Option<Value>,
     /// Each a list of endpoints, or a `Service` mapping: decided in validation so that
     /// both shapes get precise errors.
     #[serde(default)]

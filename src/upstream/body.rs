@@ -12,6 +12,8 @@
 //! request path: the error itself carries the news.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -34,6 +36,8 @@ pub struct RequestBody {
     /// proxy already checked).
     remaining: u64,
     limit: u64,
+    /// Body bytes read from the client, for the access log.
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -44,7 +48,14 @@ impl RequestBody {
             inner: Some(inner),
             remaining: counted.unwrap_or(u64::MAX),
             limit: counted.unwrap_or(u64::MAX),
+            received: None,
         }
+    }
+
+    /// Also count the body bytes read into `received` (the access log's `bytes_received`).
+    pub fn counting(mut self, received: Option<Arc<AtomicU64>>) -> Self {
+        self.received = received;
+        self
     }
 
     /// No body.
@@ -53,6 +64,7 @@ impl RequestBody {
             inner: None,
             remaining: u64::MAX,
             limit: u64::MAX,
+            received: None,
         }
     }
 }
@@ -71,6 +83,9 @@ impl Body for RequestBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(received), Some(data)) = (&self.received, frame.data_ref()) {
+                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 if self.remaining != u64::MAX {
                     let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if n > self.remaining {

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod accesslog;
 mod config;
 mod demo;
 mod hostile;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::config::{
-    raw, values, AccessMode, ClientAuth, Endpoint, Limits, Origin, OutlierDetection, Proxy,
-    Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN,
+    raw, values, AccessLog, AccessMode, ClientAuth, Endpoint, Limits, Origin, OutlierDetection,
+    Proxy, Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN,
     DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN,
 };
 
@@ -234,6 +234,28 @@ impl Validator {
             }
         };
 
+        let access_log = match spec.access_log {
+            None => AccessLog::Off,
+            Some(serde_yaml::Value::String(s)) if s == "off" => AccessLog::Off,
+            Some(serde_yaml::Value::String(s)) if s == "json" => AccessLog::Json,
+            // what YAML 1.1 tools write for `off`
+            Some(serde_yaml::Value::Bool(false)) => AccessLog::Off,
+            Some(other) => {
+                let got = match &other {
+                    serde_yaml::Value::String(s) => format!("{s:?}"),
+                    v => serde_yaml::to_string(v)
+                        .unwrap_or_default()
+                        .trim_end()
+                        .to_string(),
+                };
+                self.errors.push(origin.error(
+                    "spec.accessLog",
+                    format!("must be off or json (false also means off), got {got}"),
+                ));
+                AccessLog::Off
+            }
+        };
+
         let mut services = BTreeMap::new();
         for (name, value) in spec.services {
             let field = format!("spec.services.{name}");
@@ -338,6 +360,7 @@ impl Validator {
             limits,
             retries,
             outlier_detection,
+            access_log,
             services,
         })
     }
