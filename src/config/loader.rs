@@ -20,6 +20,8 @@ pub(super) struct Documents {
     pub splits: Vec<(Origin, String, raw::TrafficSplitDoc)>,
     pub route_groups: Vec<(Origin, raw::HttpRouteGroupDoc)>,
     pub targets: Vec<(Origin, raw::TrafficTargetDoc)>,
+    /// Gateway API HTTPRoutes, with the version (`v1`, `v1beta1`).
+    pub httproutes: Vec<(Origin, String, raw::HttpRouteDoc)>,
 }
 
 #[derive(Default)]
@@ -32,6 +34,7 @@ pub(super) struct Loader {
 const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
 const SPECS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
 const ACCESS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3"];
+const GATEWAY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 impl Loader {
     /// Every document of one file; a YAML syntax error ends the file.
@@ -94,6 +97,7 @@ impl Loader {
             ("split.smi-spec.io", "TrafficSplit") => ("TrafficSplit", SPLIT_VERSIONS),
             ("specs.smi-spec.io", "HTTPRouteGroup") => ("HTTPRouteGroup", SPECS_VERSIONS),
             ("access.smi-spec.io", "TrafficTarget") => ("TrafficTarget", ACCESS_VERSIONS),
+            ("gateway.networking.k8s.io", "HTTPRoute") => ("HTTPRoute", GATEWAY_VERSIONS),
             _ => {
                 let what = if kind.is_empty() {
                     "a document without kind".to_string()
@@ -143,6 +147,11 @@ impl Loader {
             "HTTPRouteGroup" => {
                 if let Some(d) = self.deserialize(&origin, value) {
                     self.docs.route_groups.push((origin, d));
+                }
+            }
+            "HTTPRoute" => {
+                if let Some(d) = self.deserialize(&origin, value) {
+                    self.docs.httproutes.push((origin, version.to_string(), d));
                 }
             }
             _ => {

@@ -37,13 +37,29 @@ impl RoutingTable {
         );
         for s in self.splits.iter() {
             let src = s.source();
-            let _ = writeln!(
-                out,
-                "\nsplit {}/{} ({})",
-                src.namespace,
-                src.name,
-                src.hosts.join(", ")
-            );
+            if let Some((route, i)) = s.gateway() {
+                let hosts = if route.hostnames.is_empty() {
+                    "every host nothing else routes".to_string()
+                } else {
+                    route.hostnames.join(", ")
+                };
+                let _ = writeln!(
+                    out,
+                    "\nhttproute {}/{} rules[{i}] ({hosts})",
+                    route.namespace, route.name
+                );
+                for m in &route.rules[i].matches {
+                    let _ = writeln!(out, "  when {}", super::gateway::describe_match(m));
+                }
+            } else {
+                let _ = writeln!(
+                    out,
+                    "\nsplit {}/{} ({})",
+                    src.namespace,
+                    src.name,
+                    src.hosts.join(", ")
+                );
+            }
             if !s.matches.is_empty() {
                 let names: Vec<&str> = s.matches.iter().map(|m| m.name.as_str()).collect();
                 let _ = writeln!(out, "  when request matches: {}", names.join(", "));
@@ -55,16 +71,23 @@ impl RoutingTable {
                 } else {
                     100.0 * b.weight as f64 / total as f64
                 };
+                let endpoints = if b.unresolved {
+                    "unresolvable: its share is answered 500".to_string()
+                } else {
+                    b.endpoints.describe()
+                };
                 let _ = writeln!(
                     out,
                     "  -> {:<24} weight {:<8} {:>6.2}%  {}",
-                    b.service,
-                    b.weight,
-                    share,
-                    b.endpoints.describe()
+                    b.service, b.weight, share, endpoints
                 );
             }
-            if total == 0 {
+            if total == 0 && s.gateway().is_some() {
+                let _ = writeln!(
+                    out,
+                    "  no backendRef with a weight above 0: requests get 500"
+                );
+            } else if total == 0 {
                 let _ = match &s.fallback {
                     Some(f) => writeln!(
                         out,
@@ -81,7 +104,10 @@ impl RoutingTable {
             }
         }
         if self.splits.is_empty() {
-            let _ = writeln!(out, "\nno TrafficSplit: every request gets 404");
+            let _ = writeln!(
+                out,
+                "\nno TrafficSplit or HTTPRoute: every request gets 404"
+            );
         }
         out
     }
