@@ -6,6 +6,7 @@ mod support;
 
 mod config;
 mod demo;
+mod gateway;
 mod hostile;
 mod hygiene;
 mod lifecycle;
