@@ -268,6 +268,8 @@ pub struct GatewayMetadata {
     pub namespace: Option<String>,
     #[serde(default)]
     pub creation_timestamp: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

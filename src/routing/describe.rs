@@ -141,6 +141,26 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             out.push(format!("split {} removed", key(o)));
         }
     }
+    // each HTTPRoute rule as its split (`<namespace>/<route>/rules[<i>]`)
+    let rules = |c: &Config| -> Vec<(String, String)> {
+        c.httproutes
+            .iter()
+            .flat_map(|r| r.rules.iter().map(|q| (key(&q.split), weights(&q.split))))
+            .collect()
+    };
+    let (old_rules, new_rules) = (rules(old), rules(new));
+    for (k, w) in &new_rules {
+        match old_rules.iter().find(|(o, _)| o == k) {
+            None => out.push(format!("httproute rule {k} added ({w})")),
+            Some((_, ow)) if ow != w => out.push(format!("httproute rule {k}: {ow} -> {w}")),
+            Some(_) => {}
+        }
+    }
+    for (k, _) in &old_rules {
+        if !new_rules.iter().any(|(n, _)| n == k) {
+            out.push(format!("httproute rule {k} removed"));
+        }
+    }
     if old.proxy.services != new.proxy.services {
         out.push("services changed".into());
     }

@@ -270,6 +270,9 @@ async fn exact_then_longest_prefix_then_regex() {
     );
 }
 
+/// Method, path, headers, the backend that must answer.
+type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test]
 async fn method_then_most_headers_then_most_query_params() {
     let (_b, services) = backends(&["method", "two-headers", "one-header", "query", "plain"]).await;
@@ -286,7 +289,7 @@ async fn method_then_most_headers_then_most_query_params() {
     let proxy = start(&services, &[doc]).await;
     let c = client();
     let both = [("x-a", "1"), ("x-b", "42")];
-    let cases: [(Method, &str, &[(&str, &str)], &str); 8] = [
+    let cases: [Case; 8] = [
         (Method::POST, "/", &both, "method"),
         (Method::GET, "/", &both, "two-headers"),
         (
@@ -519,7 +522,7 @@ fn unsupported_fields_are_errors_naming_their_path() {
     // bad values name their field
     let bad = route_doc(
         "foo-route",
-        "",
+        "  annotations:\n    splitproxy.dev/selection: deterministic\n",
         "hostnames: [\"10.0.0.1\"]\nrules:\n- matches: [{path: {type: Exact, value: no-slash}, method: FETCH}]\n  backendRefs: [{name: foo-v1, weight: -1}]",
     );
     let errors = load_errors(&format!("{PROXY}{bad}"));
@@ -528,6 +531,7 @@ fn unsupported_fields_are_errors_naming_their_path() {
         "spec.rules[0].matches[0].path.value",
         "spec.rules[0].matches[0].method",
         "spec.rules[0].backendRefs[0].weight: must not be negative, got -1",
+        "metadata.annotations.splitproxy.dev/selection: not supported by splitproxy",
     ] {
         assert!(
             errors.iter().any(|e| e.contains(field)),

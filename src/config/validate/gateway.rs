@@ -14,7 +14,8 @@ use crate::config::model::{
     BackendTarget, GatewayBackend, GatewayMatch, GatewayRule, HttpRoute, PathMatch, ValueMatch,
 };
 use crate::config::{
-    raw, Endpoint, Origin, Proxy, Selection, SplitBackend, TrafficSplit, DEFAULT_NAMESPACE,
+    raw, Endpoint, Origin, Proxy, Selection, SplitBackend, TrafficSplit, ANNOTATION_PREFIX,
+    DEFAULT_NAMESPACE,
 };
 
 /// The methods `HTTPRouteMatch.method` may name.
@@ -57,6 +58,16 @@ impl Validator {
                 })
                 .ok()
         });
+        for key in meta.annotations.keys() {
+            // the TrafficSplit annotations (selection, stickiness, service account) are
+            // not read on an HTTPRoute: refused rather than ignored
+            if key.starts_with(ANNOTATION_PREFIX) {
+                self.errors.push(origin.error(
+                    format!("metadata.annotations.{key}"),
+                    "not supported by splitproxy on an HTTPRoute (splitproxy.dev/ annotations apply to TrafficSplits)",
+                ));
+            }
+        }
         let spec = doc.spec;
         let mut hostnames: Vec<String> = Vec::with_capacity(spec.hostnames.len());
         for (i, h) in spec.hostnames.iter().enumerate() {
