@@ -587,3 +587,30 @@ fn an_unresolvable_ref_is_a_warning_and_the_rest_loads() {
         read.warnings
     );
 }
+
+#[tokio::test]
+async fn a_reload_moves_an_http_route_to_new_weights() {
+    let (b, services) = backends(&["foo-v1", "foo-v2"]).await;
+    let text = |f: &str| std::fs::read_to_string(Path::new(FIXTURES).join(f)).expect("fixture");
+    let proxy_yaml = proxy_doc(&services, "");
+    let proxy = Proxy::start(&format!(
+        "{proxy_yaml}---\n{}",
+        text("gateway-traffic-split-1.yaml")
+    ))
+    .await;
+    let c = client();
+    assert_eq!(
+        get(&c, &proxy, "foo.example.com", "/").await.backend(),
+        "foo-v1"
+    );
+    // the guide's last step: foo-v1 at weight 0
+    proxy.rewrite(&format!(
+        "{proxy_yaml}---\n{}",
+        text("gateway-traffic-split-3.yaml")
+    ));
+    proxy.wait_version(2).await;
+    let before = b[0].hits();
+    let seen = tally(&c, &proxy, "foo.example.com", 100).await;
+    assert_eq!(count(&seen, "foo-v2"), 100, "{seen:?}");
+    assert_eq!(b[0].hits(), before);
+}
