@@ -71,7 +71,7 @@ fn route(
 ) -> Option<std::net::SocketAddr> {
     let table = live.load();
     let route = table.lookup(host)?;
-    let split = route.select(&Method::GET, "/", headers)?;
+    let split = route.select(&Method::GET, "/", None, headers)?;
     split.pick(headers).0?.endpoints.pick()
 }
 
@@ -198,5 +198,76 @@ fn refcount(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pick, lookup, threads, build, policies, refcount);
+/// A host of one HTTPRoute with 10 rules, prefix and header matches mixed, in the order
+/// precedence gives them: eight `/api/v<i>` prefixes (every other one with a header
+/// match too), then `/api` with a header, then a catch-all. The request matches the
+/// last-but-one, so it walks nine compiled matches.
+fn gateway_yaml() -> String {
+    let mut s = String::from("apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: bench\nspec:\n  listen: 127.0.0.1:0\n  services:\n    svc-0: [\"127.0.0.1:10000\"]\n    svc-1: [\"127.0.0.1:10001\"]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: bench\nspec:\n  hostnames: [gw.example.com]\n  rules:\n");
+    for i in 0..8 {
+        let headers = if i % 2 == 0 {
+            format!(", headers: [{{name: x-tenant, value: t{i}}}]")
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "  - matches: [{{path: {{value: /api/v{i}}}{headers}}}]\n    backendRefs: [{{name: svc-0}}]\n"
+        ));
+    }
+    s.push_str("  - matches: [{path: {value: /api}, headers: [{name: x-canary, value: \"1\"}]}]\n    backendRefs: [{name: svc-0, weight: 90}, {name: svc-1, weight: 10}]\n");
+    s.push_str("  - backendRefs: [{name: svc-1}]\n");
+    s
+}
+
+/// `RoutingTable::route` end to end (host, rule or split, pick, endpoint) for a plain
+/// TrafficSplit host and for the 10-rule HTTPRoute host: the second must stay within 2x.
+fn gateway(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gateway");
+    let split_live = table(100, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, gateway_yaml()).unwrap();
+    let cfg = Arc::new(config::load(&path).expect("gateway bench config is valid"));
+    let built = runtime().block_on(RoutingTable::build(cfg, 1, &Metrics::new(), None));
+    let gw_live = ArcSwap::from_pointee(built.expect("gateway bench table builds"));
+    let split_req = http::Request::get("/api/items")
+        .header("host", "site-7.default:8443")
+        .header("x-canary", "1")
+        .body(())
+        .unwrap();
+    let gw_req = http::Request::get("/api/items")
+        .header("host", "gw.example.com:8443")
+        .header("x-canary", "1")
+        .body(())
+        .unwrap();
+    {
+        // the request takes the rule meant (svc-0 or svc-1 by 90/10, never the catch-all alone)
+        let t = gw_live.load();
+        let routed = t.route(&gw_req, None, "").ok().expect("routed");
+        assert_eq!(routed.split.source().name, "bench/rules[8]");
+    }
+    g.bench_function("trafficsplit", |b| {
+        b.iter(|| {
+            let t = split_live.load();
+            black_box(
+                t.route(black_box(&split_req), None, "")
+                    .ok()
+                    .map(|r| r.endpoint.addr),
+            )
+        })
+    });
+    g.bench_function("httproute-10-rules", |b| {
+        b.iter(|| {
+            let t = gw_live.load();
+            black_box(
+                t.route(black_box(&gw_req), None, "")
+                    .ok()
+                    .map(|r| r.endpoint.addr),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pick, lookup, threads, build, policies, refcount, gateway);
 criterion_main!(benches);

@@ -110,11 +110,37 @@ pub fn routes(state: &State) -> serde_json::Value {
                         "retries": b.counters.retries.get(),
                         "ejected": b.is_out(now),
                         "health": endpoint_health(b, now, wall),
+                        "unresolved": b.unresolved,
                     })
                 })
                 .collect();
             let src = s.source();
+            let (kind, route) = match s.gateway() {
+                None => ("TrafficSplit", serde_json::Value::Null),
+                Some((r, i)) => (
+                    "HTTPRoute",
+                    json!({
+                        "name": r.name,
+                        "rule": i,
+                        "hostnames": r.hostnames,
+                        "matches": r.rules[i].matches.iter().map(crate::routing::gateway::describe_match).collect::<Vec<_>>(),
+                        "backendRefs": r.rules[i].backends.iter().map(|b| json!({
+                            "name": b.name,
+                            "namespace": b.namespace,
+                            "port": b.port,
+                            "weight": b.weight,
+                            "resolvesTo": match &b.target {
+                                crate::config::BackendTarget::Service(s) => format!("spec.services.{s}"),
+                                crate::config::BackendTarget::Dns(e) => e.to_string(),
+                                crate::config::BackendTarget::Unresolved => "nothing: answered 500".to_string(),
+                            },
+                        })).collect::<Vec<_>>(),
+                    }),
+                ),
+            };
             json!({
+                "kind": kind,
+                "httpRoute": route,
                 "name": src.name,
                 "namespace": src.namespace,
                 "service": src.service,

@@ -68,6 +68,13 @@ pub enum ProxyError {
     },
     #[error("request body larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    /// An HTTPRoute rule (`<namespace>/<route>/rules[<i>]`) whose backendRefs all have
+    /// weight 0 or resolve to nothing, or that has none.
+    #[error("HTTPRoute rule {0} has no backendRef to send to")]
+    NoRuleBackend(String),
+    /// The pick of an HTTPRoute rule fell on a backendRef that resolves to nothing.
+    #[error("HTTPRoute rule {rule}: backendRef {backend} cannot be resolved")]
+    UnresolvedBackendRef { rule: String, backend: String },
 }
 
 impl ProxyError {
@@ -85,6 +92,9 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::MalformedBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoRuleBackend(_) | ProxyError::UnresolvedBackendRef { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

@@ -20,6 +20,8 @@ pub(super) struct Documents {
     pub splits: Vec<(Origin, String, raw::TrafficSplitDoc)>,
     pub route_groups: Vec<(Origin, raw::HttpRouteGroupDoc)>,
     pub targets: Vec<(Origin, raw::TrafficTargetDoc)>,
+    /// Gateway API HTTPRoutes, with the version (`v1`, `v1beta1`).
+    pub httproutes: Vec<(Origin, String, raw::HttpRouteDoc)>,
 }
 
 #[derive(Default)]
@@ -32,6 +34,7 @@ pub(super) struct Loader {
 pub(super) const SPLIT_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
 const SPECS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"];
 const ACCESS_VERSIONS: &[&str] = &["v1alpha1", "v1alpha2", "v1alpha3"];
+const GATEWAY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 impl Loader {
     /// Every document of one file; a YAML syntax error ends the file.
@@ -99,6 +102,7 @@ impl Loader {
                 ("ApplicationConfiguration", &["v1alpha2"])
             }
             ("core.oam.dev", "Application") => ("Application", &["v1beta1"]),
+            ("gateway.networking.k8s.io", "HTTPRoute") => ("HTTPRoute", GATEWAY_VERSIONS),
             _ => {
                 let what = if kind.is_empty() {
                     "a document without kind".to_string()
@@ -159,6 +163,11 @@ impl Loader {
             "Application" => {
                 if let Some(d) = self.deserialize(&origin, value) {
                     self.kubevela_application(&origin, d);
+                }
+            }
+            "HTTPRoute" => {
+                if let Some(d) = self.deserialize(&origin, value) {
+                    self.docs.httproutes.push((origin, version.to_string(), d));
                 }
             }
             _ => {

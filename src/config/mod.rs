@@ -30,9 +30,10 @@ use std::sync::Arc;
 pub use error::{file_error, ConfigError, EmbeddedShape, Embedding, Origin};
 pub use files::{config_files, is_config_file_name};
 pub use model::{
-    AccessLog, AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection,
-    Proxy, Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts,
-    TlsSettings, TrafficSplit, TrafficTarget, UpstreamTls,
+    AccessLog, AccessMode, BackendTarget, ClientAuth, Config, GatewayBackend, GatewayMatch, GatewayRule,
+    HttpMatch, HttpRoute, HttpRouteGroup, Limits, OutlierDetection, PathMatch, Proxy, Retries,
+    Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings,
+    TrafficSplit, TrafficTarget, UpstreamTls, ValueMatch,
 };
 pub use validate::split::host_forms;
 pub use values::Endpoint;
@@ -136,6 +137,7 @@ fn finish(path: &Path, mut fingerprint: Fingerprint, loader: Loader) -> Read {
             splits: valid.splits,
             route_groups: valid.route_groups,
             targets: valid.targets,
+            httproutes: valid.httproutes,
         }
     });
     Read {

@@ -27,6 +27,8 @@ pub struct Config {
     pub splits: Vec<TrafficSplit>,
     pub route_groups: Vec<HttpRouteGroup>,
     pub targets: Vec<TrafficTarget>,
+    /// Gateway API HTTPRoutes, in the order read.
+    pub httproutes: Vec<HttpRoute>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,4 +296,93 @@ pub struct TrafficTarget {
     pub sources: Vec<(String, String)>,
     /// (HTTPRouteGroup name, match names; empty = all of the group)
     pub rules: Vec<(String, Vec<String>)>,
+}
+
+// === Gateway API ===
+
+/// A validated `HTTPRoute` (gateway.networking.k8s.io v1 or v1beta1).
+#[derive(Debug, Clone)]
+pub struct HttpRoute {
+    pub origin: Origin,
+    pub api_version: String,
+    pub name: String,
+    pub namespace: String,
+    /// Lower-case, trailing dot removed; `*.example.com` for a wildcard. Empty: every host
+    /// that nothing else routes.
+    pub hostnames: Vec<String>,
+    /// `metadata.creationTimestamp`: the older of two routes with equal matches wins.
+    pub created: Option<std::time::SystemTime>,
+    pub rules: Vec<GatewayRule>,
+}
+
+/// One rule of an HTTPRoute.
+#[derive(Debug, Clone)]
+pub struct GatewayRule {
+    /// At least one: a rule written without matches has `PathPrefix /`.
+    pub matches: Vec<GatewayMatch>,
+    pub backends: Vec<GatewayBackend>,
+    /// The rule as the rest of the proxy sees a split: named `<route>/rules[<i>]`, its
+    /// backends the resolved backendRefs (service names, DNS names, or the unresolvable
+    /// refs' names), random selection, no fallback. Metrics, `/routes`, access rules and
+    /// the log read it as they read a TrafficSplit.
+    pub split: TrafficSplit,
+}
+
+/// One `matches[]` entry: every condition must hold.
+#[derive(Debug, Clone)]
+pub struct GatewayMatch {
+    pub path: PathMatch,
+    /// Lower-case names; only the first entry of a name is kept (as the specification says).
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    /// Case-sensitive names.
+    pub query: Vec<(String, ValueMatch)>,
+    pub method: Option<http::Method>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Without its trailing `/` (the specification ignores it): `""` is `/`, every path.
+    Prefix(String),
+    /// Anchored at both ends.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Exact(String),
+    /// Anchored at both ends.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayBackend {
+    /// `name` as written.
+    pub name: String,
+    pub namespace: String,
+    pub port: Option<u16>,
+    pub weight: u64,
+    pub target: BackendTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendTarget {
+    /// `spec.services[name]` of the Proxy document.
+    Service(String),
+    /// `<name>.<namespace>.svc.cluster.local:<port>`, resolved and re-resolved as any DNS
+    /// endpoint.
+    Dns(Endpoint),
+    /// Neither: this ref's share of the rule is answered 500.
+    Unresolved,
+}
+
+impl GatewayBackend {
+    /// The backend label in metrics, `/routes` and `x-splitproxy-backend`.
+    pub fn label(&self) -> String {
+        match &self.target {
+            BackendTarget::Service(s) => s.clone(),
+            BackendTarget::Dns(e) => e.to_string(),
+            BackendTarget::Unresolved => self.name.clone(),
+        }
+    }
 }

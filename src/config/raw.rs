@@ -300,3 +300,110 @@ pub struct TrafficSplitTraitProperties {
     pub service: Option<String>,
     pub backends: Vec<SplitBackend>,
 }
+
+// === Gateway API ===
+
+/// `gateway.networking.k8s.io` `HTTPRoute` (v1, v1beta1). Every field of the
+/// specification is named here so that the ones splitproxy does not implement are
+/// refused by name in validation, and anything else (a typo, a newer field) is refused by
+/// serde with its path. `status` is written by controllers and ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: GatewayMetadata,
+    #[serde(default)]
+    pub spec: HttpRouteSpec,
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+/// `metadata` of a Gateway API object: as `Metadata`, plus the creation time that
+/// decides precedence between routes with equal matches.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayMetadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// Accepted and not needed: splitproxy is the gateway.
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub parent_refs: Option<Value>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<HttpRouteRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteRule {
+    /// A label for status and policy attachment; nothing to do for the proxy.
+    #[allow(dead_code)]
+    pub name: Option<String>,
+    pub matches: Option<Vec<HttpRouteMatch>>,
+    pub filters: Option<Vec<Value>>,
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    pub timeouts: Option<Value>,
+    pub retry: Option<Value>,
+    pub session_persistence: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteMatch {
+    pub path: Option<HttpPathMatch>,
+    #[serde(default)]
+    pub headers: Vec<HttpValueMatch>,
+    #[serde(default)]
+    pub query_params: Vec<HttpValueMatch>,
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPathMatch {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub value: Option<String>,
+}
+
+/// A header or query parameter match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpValueMatch {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpBackendRef {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub port: Option<i64>,
+    /// Kept raw for a precise error on a negative or fractional weight.
+    pub weight: Option<Value>,
+    pub filters: Option<Vec<Value>>,
+}

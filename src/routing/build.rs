@@ -8,12 +8,12 @@ use http::HeaderValue;
 use rustc_hash::FxHashMap;
 
 use crate::access::Policy;
-use crate::config::{AccessMode, Config, ConfigError, Selection, StickyKey};
+use crate::config::{AccessMode, BackendTarget, Config, ConfigError, Selection, StickyKey};
 use crate::metrics::Metrics;
 use crate::split::{Rendezvous, Schedule, WeightedPicker};
 use crate::upstream::{Tls, TlsClientKey, Transport};
 
-use super::{endpoints, Backend, Endpoints, Route, RoutingTable, Selector, Split};
+use super::{endpoints, gateway, Backend, Endpoints, Route, RoutingTable, Selector, Source, Split};
 
 /// The metric label of a split or backend that a request did not reach.
 pub const NONE_LABEL: &str = "(none)";
@@ -77,6 +77,33 @@ fn tls_clients(
     }
 }
 
+/// A backend of an HTTPRoute rule that is not a `spec.services` entry: a cluster DNS
+/// name, or a backendRef that resolves to nothing (no endpoints, `unresolved`).
+fn other_backend(
+    metrics: &Metrics,
+    split: &str,
+    service: String,
+    weight: u64,
+    endpoints: &[crate::config::Endpoint],
+    unresolved: bool,
+) -> Arc<Backend> {
+    let counters = metrics.backend(split, &service);
+    let baseline = counters.total();
+    let health = metrics.health.service(&service);
+    Arc::new(Backend {
+        header: HeaderValue::from_str(&service)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
+        endpoints: Endpoints::new(endpoints, &health),
+        health,
+        service,
+        weight,
+        transport: Transport::Plain,
+        counters,
+        baseline,
+        unresolved,
+    })
+}
+
 fn assemble(
     config: Arc<Config>,
     version: u64,
@@ -101,6 +128,7 @@ fn assemble(
             },
             counters,
             baseline,
+            unresolved: false,
         })
     };
     let mut splits = Vec::with_capacity(config.splits.len());
@@ -159,7 +187,7 @@ fn assemble(
                 .any(|b| !matches!(&b.endpoints, Endpoints::Fixed(list) if list.len() <= 1));
         splits.push(Arc::new(Split {
             config: config.clone(),
-            index,
+            source: Source::Split(index),
             selector,
             matches,
             picker,
@@ -194,10 +222,93 @@ fn assemble(
             hosts.entry(h.as_str().into()).or_insert(idx);
         }
     }
-    let routes = grouped
+    let mut routes: Vec<Route> = grouped
         .into_iter()
-        .map(|s| Route { splits: s.into() })
+        .map(|s| Route {
+            splits: s.into(),
+            rules: Box::default(),
+        })
         .collect();
+    // HTTPRoutes: one split per rule, then every host key with its matches in order
+    let mut rule_splits: Vec<Vec<Arc<Split>>> = Vec::with_capacity(config.httproutes.len());
+    for (ri, r) in config.httproutes.iter().enumerate() {
+        let mut of_route = Vec::with_capacity(r.rules.len());
+        for (qi, rule) in r.rules.iter().enumerate() {
+            let src = &rule.split;
+            label.clear();
+            let _ = write!(label, "{}/{}", src.namespace, src.name);
+            let backends: Box<[Arc<Backend>]> = rule
+                .backends
+                .iter()
+                .map(|b| {
+                    let service = b.label();
+                    match &b.target {
+                        BackendTarget::Service(name) => backend_of(&label, name, b.weight),
+                        BackendTarget::Dns(endpoint) => {
+                            let endpoints = std::slice::from_ref(endpoint);
+                            other_backend(metrics, &label, service, b.weight, endpoints, false)
+                        }
+                        BackendTarget::Unresolved => {
+                            other_backend(metrics, &label, service, b.weight, &[], true)
+                        }
+                    }
+                })
+                .collect();
+            let weights: Vec<u64> = backends.iter().map(|b| b.weight).collect();
+            let picker = WeightedPicker::new(&weights);
+            let selector = if picker.total() == 0 {
+                Selector::Fallback
+            } else {
+                Selector::Random
+            };
+            let pickable = backends
+                .iter()
+                .filter(|b| b.weight > 0 && !b.unresolved)
+                .count();
+            let alternatives = pickable > 1
+                || backends
+                    .iter()
+                    .any(|b| !matches!(&b.endpoints, Endpoints::Fixed(list) if list.len() <= 1));
+            let split = Arc::new(Split {
+                config: config.clone(),
+                source: Source::Rule {
+                    route: ri,
+                    rule: qi,
+                },
+                selector,
+                matches: Box::default(),
+                picker,
+                backends,
+                fallback: None,
+                alternatives,
+                policy: (proxy.access == AccessMode::Enforce)
+                    .then(|| Policy::compile(src, &config)),
+                unpicked: metrics.backend(&label, NONE_LABEL),
+            });
+            splits.push(split.clone());
+            of_route.push(split);
+        }
+        rule_splits.push(of_route);
+    }
+    let mut wildcards: FxHashMap<Box<str>, usize> = FxHashMap::default();
+    let mut any_host = None;
+    for (key, rules) in gateway::host_entries(&config, &rule_splits) {
+        let idx = routes.len();
+        routes.push(Route {
+            splits: Box::default(),
+            rules: rules.into(),
+        });
+        match key.strip_prefix("*.") {
+            Some(suffix) => {
+                wildcards.insert(suffix.into(), idx);
+            }
+            None if key.is_empty() => any_host = Some(idx),
+            // validation refused a host that a TrafficSplit routes too
+            None => {
+                hosts.entry(key.into()).or_insert(idx);
+            }
+        }
+    }
     RoutingTable {
         version,
         loaded_at: SystemTime::now(),
@@ -208,7 +319,9 @@ fn assemble(
         body_limit: proxy.limits.request_body_bytes,
         health: metrics.health.global(),
         hosts,
-        routes,
+        wildcards,
+        any_host,
+        routes: routes.into(),
         splits: splits.into(),
         tls_clients: tls.into_values().collect(),
         unrouted: metrics.backend(NONE_LABEL, NONE_LABEL),

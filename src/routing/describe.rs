@@ -37,13 +37,29 @@ impl RoutingTable {
         );
         for s in self.splits.iter() {
             let src = s.source();
-            let _ = writeln!(
-                out,
-                "\nsplit {}/{} ({})",
-                src.namespace,
-                src.name,
-                src.hosts.join(", ")
-            );
+            if let Some((route, i)) = s.gateway() {
+                let hosts = if route.hostnames.is_empty() {
+                    "every host nothing else routes".to_string()
+                } else {
+                    route.hostnames.join(", ")
+                };
+                let _ = writeln!(
+                    out,
+                    "\nhttproute {}/{} rules[{i}] ({hosts})",
+                    route.namespace, route.name
+                );
+                for m in &route.rules[i].matches {
+                    let _ = writeln!(out, "  when {}", super::gateway::describe_match(m));
+                }
+            } else {
+                let _ = writeln!(
+                    out,
+                    "\nsplit {}/{} ({})",
+                    src.namespace,
+                    src.name,
+                    src.hosts.join(", ")
+                );
+            }
             if !s.matches.is_empty() {
                 let names: Vec<&str> = s.matches.iter().map(|m| m.name.as_str()).collect();
                 let _ = writeln!(out, "  when request matches: {}", names.join(", "));
@@ -55,16 +71,23 @@ impl RoutingTable {
                 } else {
                     100.0 * b.weight as f64 / total as f64
                 };
+                let endpoints = if b.unresolved {
+                    "unresolvable: its share is answered 500".to_string()
+                } else {
+                    b.endpoints.describe()
+                };
                 let _ = writeln!(
                     out,
                     "  -> {:<24} weight {:<8} {:>6.2}%  {}",
-                    b.service,
-                    b.weight,
-                    share,
-                    b.endpoints.describe()
+                    b.service, b.weight, share, endpoints
                 );
             }
-            if total == 0 {
+            if total == 0 && s.gateway().is_some() {
+                let _ = writeln!(
+                    out,
+                    "  no backendRef with a weight above 0: requests get 500"
+                );
+            } else if total == 0 {
                 let _ = match &s.fallback {
                     Some(f) => writeln!(
                         out,
@@ -81,7 +104,10 @@ impl RoutingTable {
             }
         }
         if self.splits.is_empty() {
-            let _ = writeln!(out, "\nno TrafficSplit: every request gets 404");
+            let _ = writeln!(
+                out,
+                "\nno TrafficSplit or HTTPRoute: every request gets 404"
+            );
         }
         out
     }
@@ -113,6 +139,26 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     for o in &old.splits {
         if !new.splits.iter().any(|n| key(n) == key(o)) {
             out.push(format!("split {} removed", key(o)));
+        }
+    }
+    // each HTTPRoute rule as its split (`<namespace>/<route>/rules[<i>]`)
+    let rules = |c: &Config| -> Vec<(String, String)> {
+        c.httproutes
+            .iter()
+            .flat_map(|r| r.rules.iter().map(|q| (key(&q.split), weights(&q.split))))
+            .collect()
+    };
+    let (old_rules, new_rules) = (rules(old), rules(new));
+    for (k, w) in &new_rules {
+        match old_rules.iter().find(|(o, _)| o == k) {
+            None => out.push(format!("httproute rule {k} added ({w})")),
+            Some((_, ow)) if ow != w => out.push(format!("httproute rule {k}: {ow} -> {w}")),
+            Some(_) => {}
+        }
+    }
+    for (k, _) in &old_rules {
+        if !new_rules.iter().any(|(n, _)| n == k) {
+            out.push(format!("httproute rule {k} removed"));
         }
     }
     if old.proxy.services != new.proxy.services {

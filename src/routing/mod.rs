@@ -10,6 +10,7 @@
 mod build;
 pub mod describe;
 pub mod endpoints;
+pub mod gateway;
 mod outlier;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
 use rustc_hash::FxHashMap;
 
 use crate::access::{Policy, Principal};
-use crate::config::{Config, HttpMatch, OutlierDetection, Timeouts, TrafficSplit};
+use crate::config::{Config, HttpMatch, HttpRoute, OutlierDetection, Timeouts, TrafficSplit};
 use crate::health::{Global, ServiceHealth};
 use crate::metrics::BackendCounters;
 use crate::response::ProxyError;
@@ -28,6 +29,7 @@ use crate::upstream::{Tls, Transport};
 
 pub use self::describe::diff;
 pub use self::endpoints::{Endpoints, Picked, DNS_REFRESH};
+pub use self::gateway::RuleEntry;
 pub use self::outlier::Tried;
 
 pub struct RoutingTable {
@@ -45,6 +47,11 @@ pub struct RoutingTable {
     /// Endpoint health: the one load a healthy pick makes.
     pub health: Arc<Global>,
     hosts: FxHashMap<Box<str>, usize>,
+    /// HTTPRoute `*.` hostnames by their suffix (`example.com` for `*.example.com`): looked
+    /// up, longest suffix first, only when `hosts` misses.
+    wildcards: FxHashMap<Box<str>, usize>,
+    /// The route of the HTTPRoutes without hostnames: every host nothing else routes.
+    any_host: Option<usize>,
     routes: Box<[Route]>,
     splits: Box<[Arc<Split>]>,
     /// TLS-originating clients of this table, offered to the next build for reuse.
@@ -54,9 +61,12 @@ pub struct RoutingTable {
 }
 
 /// Every split that shares one root service: conditional ones (`spec.matches`) in document
-/// order, then at most one catch-all.
+/// order, then at most one catch-all. Or, for a host of HTTPRoutes, their matches in
+/// precedence order (`gateway`), each naming its rule's split: a host is routed by one
+/// kind or the other, never both (validation).
 pub struct Route {
     splits: Box<[Arc<Split>]>,
+    rules: Box<[RuleEntry]>,
 }
 
 pub struct Split {
@@ -64,7 +74,7 @@ pub struct Split {
     /// names, hosts and selection are read from there, not copied (a reload of 1 000
     /// splits would otherwise spend most of its time allocating them).
     config: Arc<Config>,
-    index: usize,
+    source: Source,
     selector: Selector,
     matches: Box<[HttpMatch]>,
     picker: WeightedPicker,
@@ -81,6 +91,15 @@ pub struct Split {
     pub alternatives: bool,
 }
 
+/// Where a split's document is in `Split::config`.
+#[derive(Clone, Copy)]
+enum Source {
+    /// `config.splits[i]`
+    Split(usize),
+    /// Rule `rule` of `config.httproutes[route]`.
+    Rule { route: usize, rule: usize },
+}
+
 pub struct Backend {
     pub service: String,
     pub weight: u64,
@@ -94,6 +113,8 @@ pub struct Backend {
     /// The backend's request count when this table was built: `/routes` shows the
     /// share observed since the last reload without a second counter per request.
     pub baseline: u64,
+    /// An HTTPRoute backendRef that resolves to nothing: its picks are answered 500.
+    pub unresolved: bool,
 }
 
 /// A routed request: the split, its picked backend (`slot` in `split.members()`) and
@@ -139,7 +160,7 @@ impl RoutingTable {
             ));
         };
         let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
-        let Some(split) = route.select(method, path, headers) else {
+        let Some(split) = route.select(method, path, req.uri().query(), headers) else {
             let error = ProxyError::NoMatch {
                 host: host.to_string(),
                 method: method.clone(),
@@ -170,7 +191,10 @@ impl RoutingTable {
         let Some(slot) = slot else {
             let src = split.source();
             let label = format!("{}/{}", src.namespace, src.name);
-            let error = if split.members().is_empty() {
+            let error = if split.gateway().is_some() && split.members().is_empty() {
+                // the specification: a rule with nothing to send to answers 500
+                ProxyError::NoRuleBackend(label)
+            } else if split.members().is_empty() {
                 ProxyError::NoBackend(label)
             } else {
                 ProxyError::NoLiveBackend(label)
@@ -178,6 +202,14 @@ impl RoutingTable {
             return Err(refuse(&split.unpicked, error));
         };
         let backend = &split.members()[slot];
+        if backend.unresolved {
+            let src = split.source();
+            let error = ProxyError::UnresolvedBackendRef {
+                rule: format!("{}/{}", src.namespace, src.name),
+                backend: backend.service.clone(),
+            };
+            return Err(refuse(&backend.counters, error));
+        }
         let Some(endpoint) = endpoint else {
             let error = ProxyError::NoEndpoint(backend.service.clone());
             return Err(refuse(&backend.counters, error));
@@ -198,7 +230,7 @@ impl RoutingTable {
         let host = strip_port(host);
         let host = host.strip_suffix('.').unwrap_or(host);
         if !host.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.hosts.get(host).map(|&i| &self.routes[i]);
+            return self.lookup_lower(host);
         }
         // lower-case on the stack: host names are at most 253 bytes
         let mut buf = [0u8; 256];
@@ -210,7 +242,31 @@ impl RoutingTable {
             *d = s.to_ascii_lowercase();
         }
         let lower = std::str::from_utf8(&buf[..bytes.len()]).ok()?;
-        self.hosts.get(lower).map(|&i| &self.routes[i])
+        self.lookup_lower(lower)
+    }
+
+    /// `lookup` of a lower-case host without port or trailing dot: the exact name, else
+    /// the longest `*.` wildcard of an HTTPRoute (one label or more in front of its
+    /// suffix, never the bare suffix), else the HTTPRoutes without hostnames.
+    #[inline]
+    fn lookup_lower(&self, host: &str) -> Option<&Route> {
+        if let Some(&i) = self.hosts.get(host) {
+            return Some(&self.routes[i]);
+        }
+        if !self.wildcards.is_empty() {
+            // left to right: the first suffix found is the longest
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                if dot == 0 {
+                    break;
+                }
+                rest = &rest[dot + 1..];
+                if let Some(&i) = self.wildcards.get(rest) {
+                    return Some(&self.routes[i]);
+                }
+            }
+        }
+        self.any_host.map(|i| &self.routes[i])
     }
 
     pub fn splits(&self) -> &[Arc<Split>] {
@@ -254,9 +310,23 @@ pub fn strip_port(host: &str) -> &str {
 // === impl Route ===
 
 impl Route {
-    /// The first split whose `spec.matches` accept the request, or the catch-all.
+    /// The first split whose `spec.matches` accept the request, or the catch-all; for
+    /// HTTPRoutes, the rule of the first match in precedence order that accepts it.
     #[inline]
-    pub fn select(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Arc<Split>> {
+    pub fn select(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Split>> {
+        if !self.rules.is_empty() {
+            return self
+                .rules
+                .iter()
+                .find(|r| r.matcher.accepts(method, path, query, headers))
+                .map(|r| &r.split);
+        }
         self.splits.iter().find(|s| {
             s.matches.is_empty() || s.matches.iter().any(|m| m.accepts(method, path, headers))
         })
@@ -298,8 +368,22 @@ enum Selector {
 
 impl Split {
     /// The `TrafficSplit` document as loaded: name, namespace, service, hosts, selection.
+    ///
+    /// For an HTTPRoute rule, the rule as a split (`GatewayRule::split`): named
+    /// `<route>/rules[<i>]`, its backends the backendRefs.
     pub fn source(&self) -> &TrafficSplit {
-        &self.config.splits[self.index]
+        match self.source {
+            Source::Split(i) => &self.config.splits[i],
+            Source::Rule { route, rule } => &self.config.httproutes[route].rules[rule].split,
+        }
+    }
+
+    /// The HTTPRoute and the rule's place in it, when this split is an HTTPRoute rule.
+    pub fn gateway(&self) -> Option<(&HttpRoute, usize)> {
+        match self.source {
+            Source::Split(_) => None,
+            Source::Rule { route, rule } => Some((&self.config.httproutes[route], rule)),
+        }
     }
 
     /// The backend for one request, by the split's selection policy, or the fallback when

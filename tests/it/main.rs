@@ -7,6 +7,7 @@ mod support;
 mod accesslog;
 mod config;
 mod demo;
+mod gateway;
 mod hostile;
 mod hygiene;
 mod kubernetes;

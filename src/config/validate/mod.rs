@@ -3,6 +3,7 @@
 //! its module; every problem is collected, not only the first.
 
 mod access;
+mod gateway;
 mod proxy;
 mod routes;
 pub(super) mod split;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::file_error;
 use super::loader::Documents;
-use super::{ConfigError, HttpRouteGroup, Origin, Proxy, TrafficSplit, TrafficTarget};
+use super::{ConfigError, HttpRoute, HttpRouteGroup, Origin, Proxy, TrafficSplit, TrafficTarget};
 
 /// A valid configuration's documents.
 pub(super) struct Validated {
@@ -19,6 +20,7 @@ pub(super) struct Validated {
     pub splits: Vec<TrafficSplit>,
     pub route_groups: Vec<HttpRouteGroup>,
     pub targets: Vec<TrafficTarget>,
+    pub httproutes: Vec<HttpRoute>,
 }
 
 /// What validation learns of a configuration, valid or not.
@@ -111,6 +113,12 @@ pub(super) fn validate(
         }
     }
     v.check_duplicate_roots(&splits);
+    let httproutes: Vec<HttpRoute> = docs
+        .httproutes
+        .into_iter()
+        .filter_map(|(o, version, d)| v.http_route(o, &version, d, proxy.as_ref()))
+        .collect();
+    v.check_host_clash(&splits, &httproutes);
     let targets = docs
         .targets
         .into_iter()
@@ -124,6 +132,7 @@ pub(super) fn validate(
             splits,
             route_groups,
             targets,
+            httproutes,
         }),
         _ => Err(v.errors),
     }
