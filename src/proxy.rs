@@ -181,6 +181,11 @@ impl Forward<'_> {
                 })
             }
         };
+        // the version is per hop (RFC 9110 section 6.2): the client's connection speaks
+        // ours, whatever the backend's (an HTTP/1.0 backend's close-delimited body is
+        // re-framed, the client's keep-alive kept); hyper answers an HTTP/1.0 client in
+        // HTTP/1.0 and an HTTP/2 one in HTTP/2 whatever this says
+        *resp.version_mut() = Version::HTTP_11;
         if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -350,7 +355,13 @@ pub fn prepare_request<B>(
 
     let headers = req.headers_mut();
     let seen = scan(headers);
+    // `TE: trailers` is the one TE the next hop gets: gRPC needs it on HTTP/2, and the
+    // proxy relays trailers (transfer codings it never asks for)
+    let te_trailers = seen & TE_BIT != 0 && lists_trailers(headers);
     strip_seen(headers, seen);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -404,6 +415,18 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::PROXY_AUTHENTICATE,
 ];
 const XFCC_BIT: u16 = 1 << 8;
+/// `TE`'s bit: `HOP_BY_HOP[2]`.
+const TE_BIT: u16 = 2 << 2;
+
+/// Whether `TE` lists `trailers` (RFC 9110 section 10.1.4: `TE: trailers, deflate;q=0.5`).
+fn lists_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let name = t.split(|b| *b == b';').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
+}
 /// What `Connection` may never nominate away: the message's host and its framing.
 static NEVER_NOMINATED: [&HeaderName; 3] = [
     &header::HOST,

@@ -28,9 +28,9 @@ use std::sync::Arc;
 pub use error::{file_error, ConfigError, Origin};
 pub use files::{config_files, is_config_file_name};
 pub use model::{
-    AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Proxy,
-    Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings,
-    TrafficSplit, TrafficTarget, UpstreamTls,
+    AccessMode, ClientAuth, Config, HttpMatch, HttpRouteGroup, Limits, OutlierDetection, Protocol,
+    Proxy, Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts,
+    TlsSettings, TrafficSplit, TrafficTarget, UpstreamTls,
 };
 pub use validate::split::host_forms;
 pub use values::Endpoint;

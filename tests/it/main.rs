@@ -18,3 +18,4 @@ mod quiet;
 mod reload;
 mod resilience;
 mod tls;
+mod versions;
