@@ -6,6 +6,7 @@ mod support;
 
 mod config;
 mod demo;
+mod grpc;
 mod hostile;
 mod hygiene;
 mod lifecycle;
