@@ -619,6 +619,30 @@ mod tests {
     }
 
     #[test]
+    fn only_te_trailers_goes_to_the_next_hop() {
+        let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 1)), false, None, None);
+        for (te, kept) in [
+            ("trailers", true),
+            ("gzip;q=0.5, Trailers", true),
+            ("trailers;q=1", true),
+            ("gzip", false),
+            ("x-trailers", false),
+        ] {
+            let mut req = Request::get("/")
+                .header(header::HOST, "web")
+                .header(header::CONNECTION, "te")
+                .header(header::TE, te)
+                .body(())
+                .unwrap();
+            prepare_request(&mut req, &conn);
+            let got: Vec<_> = req.headers().get_all(header::TE).iter().collect();
+            let want: &[&str] = if kept { &["trailers"] } else { &[] };
+            assert_eq!(got, want, "TE: {te}");
+            assert!(req.headers().get(header::CONNECTION).is_none());
+        }
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         let ip = HeaderValue::from_static("10.0.0.9");

@@ -242,4 +242,66 @@ mod tests {
         pool.put(a, connection(a).await);
         assert_eq!(pool.idle_count(a), 1);
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_h2_connection_is_opened_once_waited_for_shared_and_replaced_when_closed() {
+        use hyper_util::rt::TokioExecutor;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let key = PoolKey {
+            addr: listener.local_addr().unwrap(),
+            transport: 0,
+        };
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc);
+            // dropped when told: the connection closes
+            tokio::select! { _ = conn => {}, _ = closed => {} }
+        });
+        let pool = Pool::new(8, Duration::from_secs(3600));
+
+        // an opener given up on wakes its waiters, and the next request opens
+        let H2Take::Connect(opening) = pool.h2_take(key) else {
+            panic!("nothing open: connect")
+        };
+        let H2Take::Wait(notify) = pool.h2_take(key) else {
+            panic!("being opened: wait")
+        };
+        let woken = notify.notified();
+        drop(opening);
+        woken.await;
+        let H2Take::Connect(opening) = pool.h2_take(key) else {
+            panic!("connect again")
+        };
+        let H2Take::Wait(notify) = pool.h2_take(key) else {
+            panic!("wait again")
+        };
+        let woken = notify.notified();
+        let tcp = tokio::net::TcpStream::connect(key.addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, RequestBody>(
+            TokioExecutor::new(),
+            TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        opening.opened(&sender);
+        woken.await;
+        // every request now gets a clone of the one open connection
+        for _ in 0..3 {
+            assert!(matches!(pool.h2_take(key), H2Take::Open(_)));
+        }
+        // closed by the backend: replaced by the next request
+        close.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sender.is_closed() {
+            assert!(Instant::now() < deadline, "the close was never seen");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(matches!(pool.h2_take(key), H2Take::Connect(_)));
+    }
 }
