@@ -161,14 +161,17 @@ impl Forward<'_> {
         conn: &ConnInfo,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        let downstream_upgrade = prepare_request(&mut req, conn);
+        let Prepared {
+            upgrade: downstream_upgrade,
+            te_trailers,
+        } = prepare_request(&mut req, conn);
         let replay = Replay::of(&req, self.table.retries > 0 && self.split.alternatives);
         let req = req.map(|body| RequestBody::new(body, self.table.body_limit));
         let timeout = self.table.timeouts.upstream;
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
         let outcome = {
             // pinned where it stands: the timeout then holds a pointer, not a moved copy
-            let exchange = std::pin::pin!(self.exchange(upstream, req, replay));
+            let exchange = std::pin::pin!(self.exchange(upstream, req, replay, te_trailers));
             tokio::time::timeout(timeout, exchange).await
         };
         let mut resp = match outcome {
@@ -211,14 +214,16 @@ impl Forward<'_> {
         upstream: &Upstream,
         mut req: Request<RequestBody>,
         replay: Option<Replay>,
+        te_trailers: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let table = self.table;
         let mut attempts = table.retries;
         let mut tried = Tried::default();
         loop {
             let addr = self.endpoint.addr;
+            let transport = &self.backend.transport;
             let sent = upstream
-                .send(&self.backend.transport, addr, table.timeouts.connect, req)
+                .send(transport, addr, table.timeouts.connect, te_trailers, req)
                 .await;
             let SendError { error, unsent } = match sent {
                 Ok(resp) => {
@@ -310,13 +315,18 @@ impl Replay {
     }
 }
 
+/// What `prepare_request` found that the send needs.
+pub struct Prepared {
+    /// The downstream side of an HTTP upgrade, when the request asks for one.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client's `TE` listed `trailers`: an HTTP/2 upstream gets `te: trailers` (gRPC
+    /// needs it); an HTTP/1.1 upstream gets no `TE`, as before (hop-by-hop).
+    pub te_trailers: bool,
+}
+
 /// Rewrite a downstream request for the upstream: origin-form URI, hop-by-hop headers
-/// removed, forwarding headers set, client identity replaced. Returns the downstream side of an HTTP upgrade, when the request
-/// asks for one.
-pub fn prepare_request<B>(
-    req: &mut Request<B>,
-    conn: &ConnInfo,
-) -> Option<hyper::upgrade::OnUpgrade> {
+/// removed, forwarding headers set, client identity replaced.
+pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
     let upgrade = if req.version() == Version::HTTP_11 {
         upgrade_protocol(req.headers())
     } else {
@@ -355,13 +365,9 @@ pub fn prepare_request<B>(
 
     let headers = req.headers_mut();
     let seen = scan(headers);
-    // `TE: trailers` is the one TE the next hop gets: gRPC needs it on HTTP/2, and the
-    // proxy relays trailers (transfer codings it never asks for)
+    // looked at only when the client sent TE at all
     let te_trailers = seen & TE_BIT != 0 && lists_trailers(headers);
     strip_seen(headers, seen);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -381,7 +387,10 @@ pub fn prepare_request<B>(
         }
         None => {}
     }
-    on_upgrade
+    Prepared {
+        upgrade: on_upgrade,
+        te_trailers,
+    }
 }
 
 /// `Upgrade` value when `Connection` lists `upgrade` (a WebSocket handshake, say).
@@ -619,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn only_te_trailers_goes_to_the_next_hop() {
+    fn te_listing_trailers_is_noted_and_removed() {
         let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 1)), false, None, None);
         for (te, kept) in [
             ("trailers", true),
@@ -634,10 +643,10 @@ mod tests {
                 .header(header::TE, te)
                 .body(())
                 .unwrap();
-            prepare_request(&mut req, &conn);
-            let got: Vec<_> = req.headers().get_all(header::TE).iter().collect();
-            let want: &[&str] = if kept { &["trailers"] } else { &[] };
-            assert_eq!(got, want, "TE: {te}");
+            let prepared = prepare_request(&mut req, &conn);
+            assert_eq!(prepared.te_trailers, kept, "TE: {te}");
+            // the header itself is the upstream send's to set, for HTTP/2 only
+            assert!(req.headers().get(header::TE).is_none());
             assert!(req.headers().get(header::CONNECTION).is_none());
         }
     }

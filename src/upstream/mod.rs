@@ -118,7 +118,8 @@ impl Upstream {
         Upstream { pool }
     }
 
-    /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says: on an
+    /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says (over
+    /// HTTP/2 with `te: trailers` when `te_trailers`, the client having asked): on an
     /// idle pooled connection, or a new one. A request that a reused connection closed
     /// before it was written goes out again on the next one, or a new one, as hyper-util's
     /// client does.
@@ -127,6 +128,7 @@ impl Upstream {
         transport: &Transport,
         addr: SocketAddr,
         connect_timeout: Duration,
+        te_trailers: bool,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let key = PoolKey {
@@ -134,7 +136,9 @@ impl Upstream {
             transport: transport.id(),
         };
         if transport.h2 {
-            return self.send_h2(transport, key, connect_timeout, req).await;
+            return self
+                .send_h2(transport, key, connect_timeout, te_trailers, req)
+                .await;
         }
         while let Some(mut sender) = self.pool.take(key) {
             if !sender.is_ready() && sender.ready().await.is_err() {
@@ -179,9 +183,10 @@ impl Upstream {
         transport: &Transport,
         key: PoolKey,
         timeout: Duration,
+        te_trailers: bool,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        h2_form(&mut req, transport.tls.is_some());
+        h2_form(&mut req, transport.tls.is_some(), te_trailers);
         let mut retried = false;
         loop {
             let mut sender = match self.pool.h2_take(key) {
@@ -199,7 +204,7 @@ impl Upstream {
                     Err(error) => {
                         return Err(SendError {
                             error,
-                            unsent: Some(h1_form(req)),
+                            unsent: Some(h1_form(req, te_trailers)),
                         })
                     }
                 },
@@ -214,7 +219,7 @@ impl Upstream {
                     }
                     unsent => {
                         return Err(SendError {
-                            unsent: unsent.map(h1_form),
+                            unsent: unsent.map(|r| h1_form(r, te_trailers)),
                             error: e.into_error().into(),
                         })
                     }
@@ -238,8 +243,12 @@ impl Upstream {
 
 /// An HTTP/2 request's form: an absolute URI, so that `:scheme` and `:authority` are
 /// the request's (from its `Host`, which an intermediary may keep, RFC 9113 section
-/// 8.3.1), on the HTTP/2 connection.
-fn h2_form(req: &mut Request<RequestBody>, tls: bool) {
+/// 8.3.1), on the HTTP/2 connection; `te: trailers` when the client asked for trailers.
+fn h2_form(req: &mut Request<RequestBody>, tls: bool, te_trailers: bool) {
+    if te_trailers {
+        req.headers_mut()
+            .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
     let authority = req
         .headers()
         .get(http::header::HOST)
@@ -260,7 +269,10 @@ fn h2_form(req: &mut Request<RequestBody>, tls: bool) {
 
 /// Back to the HTTP/1.1 form (origin-form URI; `Host` was kept) for a request that goes
 /// elsewhere after an HTTP/2 try that never sent it.
-fn h1_form(mut req: Request<RequestBody>) -> Request<RequestBody> {
+fn h1_form(mut req: Request<RequestBody>, te_trailers: bool) -> Request<RequestBody> {
+    if te_trailers {
+        req.headers_mut().remove(http::header::TE);
+    }
     if let Some(path) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(path);
     }
