@@ -130,6 +130,9 @@ struct H2Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// What a backend saw of one request.
 #[derive(Clone, Debug)]
 struct Seen {
@@ -140,6 +143,16 @@ struct Seen {
 
 impl H2Backend {
     async fn spawn(name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> H2Backend {
+        Self::spawn_with(name, tls, false).await
+    }
+
+    /// `one_shot`: each connection is shut down (GOAWAY, then closed) after its first
+    /// request, the way a backend that restarts or limits requests per connection does.
+    async fn spawn_with(
+        name: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        one_shot: bool,
+    ) -> H2Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicU64::new(0));
@@ -152,9 +165,12 @@ impl H2Backend {
                 // HTTP/2 writes a message in several frames: no Nagle delay between them
                 let _ = tcp.set_nodelay(true);
                 let (s, name, acceptor) = (s.clone(), name.clone(), acceptor.clone());
+                let served = Arc::new(tokio::sync::Notify::new());
+                let done = served.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (s, name) = (s.clone(), name.clone());
+                        done.notify_one();
                         async move {
                             let resp = if req.uri().path().starts_with("/echo.Echo/") {
                                 route_grpc(name, req).await
@@ -165,17 +181,22 @@ impl H2Backend {
                         }
                     });
                     let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    match acceptor {
-                        None => {
-                            let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
-                        }
-                        Some(acceptor) => {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let _ = h2.serve_connection(TokioIo::new(tls), svc).await;
+                    let io: Box<dyn Io> = match acceptor {
+                        None => Box::new(tcp),
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return,
+                        },
+                    };
+                    let conn = h2.serve_connection(TokioIo::new(io), svc);
+                    let mut conn = std::pin::pin!(conn);
+                    if one_shot {
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            _ = served.notified() => conn.as_mut().graceful_shutdown(),
                         }
                     }
+                    let _ = conn.await;
                 });
             }
         });
@@ -482,13 +503,14 @@ async fn concurrent_requests_share_one_multiplexed_upstream_connection() {
 }
 
 #[tokio::test]
-async fn a_closed_upstream_h2_connection_is_replaced_and_a_refused_one_is_retried() {
+async fn a_refused_h2_connect_is_a_connect_failure_and_is_retried() {
     let pki = Pki::new();
     let backend = H2Backend::spawn("echo", None).await;
-    // nothing listens on the first endpoint: a connect failure, retried on the second
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // the first endpoint's port is bound but not listening (held, so nothing else can take
+    // it): connections are refused, and retried on the second
+    let dead = tokio::net::TcpSocket::new_v4().unwrap();
+    dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
     let services = format!(
         "    echo-v1:\n      endpoints: [\"{dead_addr}\", \"{}\"]\n      protocol: h2\n",
         backend.addr
@@ -501,6 +523,29 @@ async fn a_closed_upstream_h2_connection_is_replaced_and_a_refused_one_is_retrie
         assert_eq!(reply.get_ref().message, format!("{i}"));
     }
     assert_eq!(backend.conns(), 1);
+    drop(dead);
+}
+
+#[tokio::test]
+async fn an_upstream_h2_connection_the_backend_shuts_down_is_replaced() {
+    let pki = Pki::new();
+    let backend = H2Backend::spawn_with("echo", None, true).await;
+    let services = format!(
+        "    echo-v1:\n      endpoints: [\"{}\"]\n      protocol: h2\n",
+        backend.addr
+    );
+    let yaml = pki.proxy_yaml(&services, &split_yaml("echo", &[("echo-v1", 1)]));
+    let proxy = Proxy::start_workers(&yaml, 1).await;
+    let mut client = grpc_client(&pki, &proxy, "echo").await;
+    for i in 0..20 {
+        let reply = unary(&mut client, &format!("{i}")).await.unwrap();
+        assert_eq!(reply.get_ref().message, format!("{i}"));
+    }
+    assert_eq!(
+        backend.conns(),
+        20,
+        "one connection per request, each replaced"
+    );
 }
 
 #[tokio::test]
