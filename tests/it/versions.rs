@@ -284,3 +284,80 @@ pub async fn h2_prior_knowledge(
     tokio::spawn(conn);
     sender
 }
+
+/// `python3 -m http.server` (the README's local backends), ended when dropped.
+struct PythonServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl PythonServer {
+    fn start(dir: &std::path::Path) -> PythonServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (part of this machine) runs");
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("python3 said {line:?}"));
+        PythonServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn python_http_server_backends_keep_the_clients_connection_and_every_byte() {
+    let files = tempfile::tempdir().unwrap();
+    let big = pattern(200_000);
+    std::fs::write(files.path().join("big.bin"), &big).unwrap();
+    std::fs::write(files.path().join("small.txt"), "v1\n").unwrap();
+    let python = PythonServer::start(files.path());
+    let yaml =
+        proxy_doc(&[("web-v1", python.addr)], "") + &split_doc("web", "web", &[("web-v1", 1)]);
+    let proxy = Proxy::start(&yaml).await;
+    let mut tcp = BufReader::new(TcpStream::connect(proxy.addr).await.unwrap());
+    for path in ["/big.bin", "/small.txt", "/big.bin", "/", "/small.txt"] {
+        tcp.get_mut()
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let resp = read_response(&mut tcp, false).await;
+        assert_eq!(resp.status_line, "HTTP/1.1 200 OK", "{path}");
+        assert!(resp.header("server").is_some_and(|s| s.contains("Python")));
+        assert_eq!(resp.header("connection"), None, "{path}");
+        match path {
+            "/big.bin" => assert!(resp.body == big, "{} bytes", resp.body.len()),
+            "/small.txt" => assert_eq!(resp.body, b"v1\n"),
+            _ => assert!(String::from_utf8_lossy(&resp.body).contains("big.bin")),
+        }
+    }
+}
