@@ -245,6 +245,10 @@ impl Upstream {
 /// the request's (from its `Host`, which an intermediary may keep, RFC 9113 section
 /// 8.3.1), on the HTTP/2 connection; `te: trailers` when the client asked for trailers.
 fn h2_form(req: &mut Request<RequestBody>, tls: bool, te_trailers: bool) {
+    // an HTTP/1.1 upgrade has no HTTP/2 form (hyper would drop these with a warning)
+    if req.headers_mut().remove(http::header::CONNECTION).is_some() {
+        req.headers_mut().remove(http::header::UPGRADE);
+    }
     if te_trailers {
         req.headers_mut()
             .insert(http::header::TE, http::HeaderValue::from_static("trailers"));

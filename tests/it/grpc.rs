@@ -218,12 +218,21 @@ impl H2Backend {
 }
 
 /// Reads the whole request (trailers included), answers `name` with the trailers
-/// `x-checksum: <request body length>` and `grpc-status: 0`.
+/// `x-checksum: <request body length>` and `grpc-status: 0`; `/download/N` streams N
+/// pattern bytes.
 async fn plain_h2(
     name: &str,
     seen: &Mutex<Vec<Seen>>,
     req: Request<Incoming>,
 ) -> Response<tonic::body::Body> {
+    if let Some(n) = req.uri().path().strip_prefix("/download/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        let body = crate::support::PatternBody {
+            remaining: n,
+            offset: 0,
+        };
+        return Response::new(tonic::body::Body::new(body));
+    }
     let (parts, body) = req.into_parts();
     let collected = body.collect().await.ok();
     let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
@@ -630,6 +639,52 @@ async fn trailers_pass_both_ways_and_te_trailers_reaches_an_h2_backend() {
         .unwrap();
     sender.send_request(req).await.unwrap();
     assert!(backend.last().headers.get("te").is_none());
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_over_an_h2_upstream_and_an_upgrade_is_not_forwarded() {
+    let backend = H2Backend::spawn("plain-h2", None).await;
+    let yaml = format!(
+        "apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: t\nspec:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  services:\n    web-v1:\n      endpoints: [\"{}\"]\n      protocol: h2\n{}",
+        backend.addr,
+        split_yaml("web", &[("web-v1", 1)])
+    );
+    let proxy = Proxy::start_workers(&yaml, 1).await;
+    let client = crate::support::client();
+    // past every default HTTP/2 flow-control window, both ways
+    let n = 3_000_000u64;
+    let upload: Vec<u8> = (0..n).map(crate::support::pattern_byte).collect();
+    let req = Request::post(proxy.url("/up"))
+        .header("host", "web")
+        .body(Full::new(Bytes::from(upload.clone())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    assert!(backend.last().body == upload, "the upload arrived whole");
+    let expected: Vec<u8> = (0..n).map(crate::support::pattern_byte).collect();
+    let resp = client
+        .request(
+            Request::get(proxy.url(&format!("/download/{n}")))
+                .header("host", "web")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body == expected, "{} bytes", body.len());
+    // a WebSocket handshake to an HTTP/2 backend: a plain request there, no upgrade
+    let req = Request::get(proxy.url("/ws"))
+        .header("host", "web")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = backend.last();
+    assert!(seen.headers.get("upgrade").is_none() && seen.headers.get("connection").is_none());
 }
 
 #[tokio::test]
