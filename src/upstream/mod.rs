@@ -30,9 +30,9 @@ use tokio::net::TcpStream;
 pub use self::body::{BodyError, RequestBody};
 use self::pool::H2Take;
 pub use self::pool::{Pool, PoolKey};
+pub use self::tls::{Tls, TlsClientError, TlsClientKey};
 
 type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
-pub use self::tls::{Tls, TlsClientError, TlsClientKey};
 
 /// How a backend is reached; settled when the routing table is built, so the request
 /// path branches on a field, never on the configuration.
@@ -44,11 +44,6 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub const PLAIN: Transport = Transport {
-        tls: None,
-        h2: false,
-    };
-
     /// The pool key part of this transport: 0 for plain, the TLS client's id otherwise
     /// (HTTP/1.1 and HTTP/2 connections live in separate maps, and a TLS client offers
     /// one ALPN protocol, so the id never mixes the two).
@@ -186,7 +181,7 @@ impl Upstream {
         te_trailers: bool,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        h2_form(&mut req, transport.tls.is_some(), te_trailers);
+        h2_form(&mut req, transport.tls.is_some(), key.addr, te_trailers);
         let mut retried = false;
         loop {
             let mut sender = match self.pool.h2_take(key) {
@@ -244,7 +239,7 @@ impl Upstream {
 /// An HTTP/2 request's form: an absolute URI, so that `:scheme` and `:authority` are
 /// the request's (from its `Host`, which an intermediary may keep, RFC 9113 section
 /// 8.3.1), on the HTTP/2 connection; `te: trailers` when the client asked for trailers.
-fn h2_form(req: &mut Request<RequestBody>, tls: bool, te_trailers: bool) {
+fn h2_form(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr, te_trailers: bool) {
     // an HTTP/1.1 upgrade has no HTTP/2 form (hyper would drop these with a warning)
     if req.headers_mut().remove(http::header::CONNECTION).is_some() {
         req.headers_mut().remove(http::header::UPGRADE);
@@ -253,10 +248,13 @@ fn h2_form(req: &mut Request<RequestBody>, tls: bool, te_trailers: bool) {
         req.headers_mut()
             .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
+    // `:scheme` needs an authority beside it; a request without a usable Host (HTTP/1.0
+    // allows that) names the endpoint
     let authority = req
         .headers()
         .get(http::header::HOST)
-        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(addr.to_string()).ok());
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(if tls {
         http::uri::Scheme::HTTPS
