@@ -345,12 +345,20 @@ async fn connect_h2(
     }
 }
 
+/// HTTP/2 upstream pings (only while requests are open) and how long an answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 async fn handshake_h2<I>(io: I) -> Result<H2Sender, UpstreamError>
 where
     I: Read + Write + Unpin + Send + 'static,
 {
+    // every request to the endpoint rides this one connection: while requests are open,
+    // pings find a backend that vanished without a close, and the connection is replaced
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .handshake(io)
         .await?;
     tokio::spawn(async move {
