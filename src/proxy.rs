@@ -201,7 +201,10 @@ impl Forward<'_> {
         conn: &ConnInfo,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        let downstream_upgrade = prepare_request(&mut req, conn);
+        let Prepared {
+            upgrade: downstream_upgrade,
+            te_trailers,
+        } = prepare_request(&mut req, conn);
         let replay = Replay::of(&req, self.table.retries > 0 && self.split.alternatives);
         let received = self.received.take();
         let req = req.map(|body| RequestBody::new(body, self.table.body_limit).counting(received));
@@ -209,7 +212,7 @@ impl Forward<'_> {
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
         let outcome = {
             // pinned where it stands: the timeout then holds a pointer, not a moved copy
-            let exchange = std::pin::pin!(self.exchange(upstream, req, replay));
+            let exchange = std::pin::pin!(self.exchange(upstream, req, replay, te_trailers));
             tokio::time::timeout(timeout, exchange).await
         };
         let mut resp = match outcome {
@@ -222,6 +225,11 @@ impl Forward<'_> {
                 })
             }
         };
+        // the version is per hop (RFC 9110 section 6.2): the client's connection speaks
+        // ours, whatever the backend's (an HTTP/1.0 backend's close-delimited body is
+        // re-framed, the client's keep-alive kept); hyper answers an HTTP/1.0 client in
+        // HTTP/1.0 and an HTTP/2 one in HTTP/2 whatever this says
+        *resp.version_mut() = Version::HTTP_11;
         if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -247,14 +255,16 @@ impl Forward<'_> {
         upstream: &Upstream,
         mut req: Request<RequestBody>,
         replay: Option<Replay>,
+        te_trailers: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let table = self.table;
         let mut attempts = table.retries;
         let mut tried = Tried::default();
         loop {
             let addr = self.endpoint.addr;
+            let transport = &self.backend.transport;
             let sent = upstream
-                .send(&self.backend.transport, addr, table.timeouts.connect, req)
+                .send(transport, addr, table.timeouts.connect, te_trailers, req)
                 .await;
             let SendError { error, unsent } = match sent {
                 Ok(resp) => {
@@ -347,13 +357,18 @@ impl Replay {
     }
 }
 
+/// What `prepare_request` found that the send needs.
+pub struct Prepared {
+    /// The downstream side of an HTTP upgrade, when the request asks for one.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The client's `TE` listed `trailers`: an HTTP/2 upstream gets `te: trailers` (gRPC
+    /// needs it); an HTTP/1.1 upstream gets no `TE`, as before (hop-by-hop).
+    pub te_trailers: bool,
+}
+
 /// Rewrite a downstream request for the upstream: origin-form URI, hop-by-hop headers
-/// removed, forwarding headers set, client identity replaced. Returns the downstream side of an HTTP upgrade, when the request
-/// asks for one.
-pub fn prepare_request<B>(
-    req: &mut Request<B>,
-    conn: &ConnInfo,
-) -> Option<hyper::upgrade::OnUpgrade> {
+/// removed, forwarding headers set, client identity replaced.
+pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
     let upgrade = if req.version() == Version::HTTP_11 {
         upgrade_protocol(req.headers())
     } else {
@@ -392,6 +407,8 @@ pub fn prepare_request<B>(
 
     let headers = req.headers_mut();
     let seen = scan(headers);
+    // looked at only when the client sent TE at all
+    let te_trailers = seen & TE_BIT != 0 && lists_trailers(headers);
     strip_seen(headers, seen);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -412,7 +429,10 @@ pub fn prepare_request<B>(
         }
         None => {}
     }
-    on_upgrade
+    Prepared {
+        upgrade: on_upgrade,
+        te_trailers,
+    }
 }
 
 /// `Upgrade` value when `Connection` lists `upgrade` (a WebSocket handshake, say).
@@ -446,6 +466,18 @@ static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::PROXY_AUTHENTICATE,
 ];
 const XFCC_BIT: u16 = 1 << 8;
+/// `TE`'s bit: `HOP_BY_HOP[2]`.
+const TE_BIT: u16 = 2 << 2;
+
+/// Whether `TE` lists `trailers` (RFC 9110 section 10.1.4: `TE: trailers, deflate;q=0.5`).
+fn lists_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|t| {
+            let name = t.split(|b| *b == b';').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
+}
 /// What `Connection` may never nominate away: the message's host and its framing.
 static NEVER_NOMINATED: [&HeaderName; 3] = [
     &header::HOST,
@@ -635,6 +667,30 @@ mod tests {
             .unwrap();
         prepare_request(&mut req, &conn);
         assert_eq!(req.headers()[header::HOST], "Web");
+    }
+
+    #[test]
+    fn te_listing_trailers_is_noted_and_removed() {
+        let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 1)), false, None, None);
+        for (te, kept) in [
+            ("trailers", true),
+            ("gzip;q=0.5, Trailers", true),
+            ("trailers;q=1", true),
+            ("gzip", false),
+            ("x-trailers", false),
+        ] {
+            let mut req = Request::get("/")
+                .header(header::HOST, "web")
+                .header(header::CONNECTION, "te")
+                .header(header::TE, te)
+                .body(())
+                .unwrap();
+            let prepared = prepare_request(&mut req, &conn);
+            assert_eq!(prepared.te_trailers, kept, "TE: {te}");
+            // the header itself is the upstream send's to set, for HTTP/2 only
+            assert!(req.headers().get(header::TE).is_none());
+            assert!(req.headers().get(header::CONNECTION).is_none());
+        }
     }
 
     #[test]

@@ -30,10 +30,10 @@ use std::sync::Arc;
 pub use error::{file_error, ConfigError, EmbeddedShape, Embedding, Origin};
 pub use files::{config_files, is_config_file_name};
 pub use model::{
-    AccessLog, AccessMode, BackendTarget, ClientAuth, Config, GatewayBackend, GatewayMatch, GatewayRule,
-    HttpMatch, HttpRoute, HttpRouteGroup, Limits, OutlierDetection, PathMatch, Proxy, Retries,
-    Selection, Service, ShutdownSettings, SplitBackend, StickyKey, Timeouts, TlsSettings,
-    TrafficSplit, TrafficTarget, UpstreamTls, ValueMatch,
+    AccessLog, AccessMode, BackendTarget, ClientAuth, Config, GatewayBackend, GatewayMatch,
+    GatewayRule, HttpMatch, HttpRoute, HttpRouteGroup, Limits, OutlierDetection, PathMatch,
+    Protocol, Proxy, Retries, Selection, Service, ShutdownSettings, SplitBackend, StickyKey,
+    Timeouts, TlsSettings, TrafficSplit, TrafficTarget, UpstreamTls, ValueMatch,
 };
 pub use validate::split::host_forms;
 pub use values::Endpoint;

@@ -64,6 +64,18 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Connect with TLS (HTTPS upstream) when set.
     pub tls: Option<UpstreamTls>,
+    /// The HTTP version spoken to the endpoints (`protocol`).
+    pub protocol: Protocol,
+}
+
+/// How the proxy talks to a service's endpoints (`spec.services.<name>.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (`http1`, the default), ALPN `http/1.1` with TLS.
+    #[default]
+    Http1,
+    /// HTTP/2 (`h2`): prior knowledge on plain TCP, ALPN `h2` with TLS; gRPC needs it.
+    H2,
 }
 
 /// TLS origination to a backend: server verification against `ca`, SNI and certificate

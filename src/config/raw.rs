@@ -60,6 +60,8 @@ pub struct ProxySpec {
 pub struct Service {
     pub endpoints: Vec<String>,
     pub tls: Option<UpstreamTls>,
+    /// `http1` (default) or `h2`.
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

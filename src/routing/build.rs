@@ -8,7 +8,9 @@ use http::HeaderValue;
 use rustc_hash::FxHashMap;
 
 use crate::access::Policy;
-use crate::config::{AccessMode, BackendTarget, Config, ConfigError, Selection, StickyKey};
+use crate::config::{
+    AccessMode, BackendTarget, Config, ConfigError, Protocol, Selection, StickyKey,
+};
 use crate::metrics::Metrics;
 use crate::split::{Rendezvous, Schedule, WeightedPicker};
 use crate::upstream::{Tls, TlsClientKey, Transport};
@@ -54,7 +56,8 @@ fn tls_clients(
     for (name, service) in &config.proxy.services {
         let Some(tls) = &service.tls else { continue };
         let previous_clients = previous.into_iter().flat_map(|t| t.tls_clients.iter());
-        let client = TlsClientKey::new(tls).and_then(|key| {
+        let h2 = service.protocol == Protocol::H2;
+        let client = TlsClientKey::new(tls, h2).and_then(|key| {
             match previous_clients.into_iter().find(|t| t.key == key) {
                 Some(reused) => Ok(reused.clone()),
                 None => key.build().map(Arc::new),
@@ -97,7 +100,7 @@ fn other_backend(
         health,
         service,
         weight,
-        transport: Transport::Plain,
+        transport: Transport { tls: None, h2: false },
         counters,
         baseline,
         unresolved,
@@ -122,9 +125,9 @@ fn assemble(
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
             endpoints: Endpoints::new(&proxy.services[service].endpoints, &health),
             health,
-            transport: match tls.get(service) {
-                Some(t) => Transport::Tls(t.clone()),
-                None => Transport::Plain,
+            transport: Transport {
+                tls: tls.get(service).cloned(),
+                h2: proxy.services[service].protocol == Protocol::H2,
             },
             counters,
             baseline,

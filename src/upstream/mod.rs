@@ -1,6 +1,7 @@
 //! Requests to backends. `Upstream` is one worker's client: its own pool of HTTP/1.1
 //! connections (`pool`), plain and TLS-originating (`tls`) alike, keyed so the two never
-//! mix. A response body gives its connection back to the pool when it ends.
+//! mix. A response body gives its connection back to the pool when it ends. A service
+//! with `protocol: h2` gets one multiplexed HTTP/2 connection per endpoint instead.
 //!
 //! A send that never wrote its request (the connection could not be opened, or a pooled
 //! one was found closed first) hands the request back in `SendError::unsent`: the caller
@@ -18,34 +19,37 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::rt::{Read, Write};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 pub use self::body::{BodyError, RequestBody};
+use self::pool::H2Take;
 pub use self::pool::{Pool, PoolKey};
 pub use self::tls::{Tls, TlsClientError, TlsClientKey};
 
-/// How a backend is reached; settled when the routing table is built.
-pub enum Transport {
-    /// Plain HTTP/1.1.
-    Plain,
-    /// HTTPS (optionally mTLS).
-    Tls(Arc<Tls>),
+type H2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
+
+/// How a backend is reached; settled when the routing table is built, so the request
+/// path branches on a field, never on the configuration.
+pub struct Transport {
+    /// HTTPS (optionally mTLS) when set; plain TCP otherwise.
+    pub tls: Option<Arc<Tls>>,
+    /// HTTP/2 (`protocol: h2`): prior knowledge on plain TCP, ALPN `h2` with TLS.
+    pub h2: bool,
 }
 
 impl Transport {
-    /// The pool key part of this transport: 0 for plain, the TLS client's id otherwise.
+    /// The pool key part of this transport: 0 for plain, the TLS client's id otherwise
+    /// (HTTP/1.1 and HTTP/2 connections live in separate maps, and a TLS client offers
+    /// one ALPN protocol, so the id never mixes the two).
     #[inline]
     pub fn id(&self) -> u64 {
-        match self {
-            Transport::Plain => 0,
-            Transport::Tls(tls) => tls.id,
-        }
+        self.tls.as_ref().map_or(0, |tls| tls.id)
     }
 }
 
@@ -58,7 +62,9 @@ pub enum UpstreamError {
     ConnectTimeout(Duration),
     #[error("TLS handshake failed")]
     Handshake(#[source] std::io::Error),
-    #[error("HTTP/1.1 exchange failed")]
+    #[error("the backend's TLS did not agree to HTTP/2 (ALPN h2)")]
+    NoH2,
+    #[error("HTTP exchange failed")]
     Http(#[from] hyper::Error),
 }
 
@@ -68,7 +74,8 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_)
             | UpstreamError::ConnectTimeout(_)
-            | UpstreamError::Handshake(_) => true,
+            | UpstreamError::Handshake(_)
+            | UpstreamError::NoH2 => true,
             UpstreamError::Http(_) => false,
         }
     }
@@ -106,7 +113,8 @@ impl Upstream {
         Upstream { pool }
     }
 
-    /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says: on an
+    /// Send `req` (origin-form URI, `Host` set) to `addr` the way `transport` says (over
+    /// HTTP/2 with `te: trailers` when `te_trailers`, the client having asked): on an
     /// idle pooled connection, or a new one. A request that a reused connection closed
     /// before it was written goes out again on the next one, or a new one, as hyper-util's
     /// client does.
@@ -115,12 +123,18 @@ impl Upstream {
         transport: &Transport,
         addr: SocketAddr,
         connect_timeout: Duration,
+        te_trailers: bool,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let key = PoolKey {
             addr,
             transport: transport.id(),
         };
+        if transport.h2 {
+            return self
+                .send_h2(transport, key, connect_timeout, te_trailers, req)
+                .await;
+        }
         while let Some(mut sender) = self.pool.take(key) {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
@@ -156,6 +170,59 @@ impl Upstream {
         }
     }
 
+    /// The HTTP/2 send: on the endpoint's one connection, opened by the first request
+    /// that needs it while the others wait for it. A request that a closed connection
+    /// never sent goes out once more on the next one; after that it comes back unsent.
+    async fn send_h2(
+        &self,
+        transport: &Transport,
+        key: PoolKey,
+        timeout: Duration,
+        te_trailers: bool,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        h2_form(&mut req, transport.tls.is_some(), key.addr, te_trailers);
+        let mut retried = false;
+        loop {
+            let mut sender = match self.pool.h2_take(key) {
+                H2Take::Open(sender) => sender,
+                H2Take::Wait(notify) => {
+                    // registered at creation: the opener's wake-up cannot be missed
+                    notify.notified().await;
+                    continue;
+                }
+                H2Take::Connect(opening) => match connect_h2(transport, key.addr, timeout).await {
+                    Ok(sender) => {
+                        opening.opened(&sender);
+                        sender
+                    }
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            unsent: Some(h1_form(req, te_trailers)),
+                        })
+                    }
+                },
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|inner| UpstreamBody { inner, back: None })),
+                Err(mut e) => match e.take_message() {
+                    // the connection closed under it: the next one (a new one) gets it
+                    Some(unsent) if !retried => {
+                        retried = true;
+                        req = unsent;
+                    }
+                    unsent => {
+                        return Err(SendError {
+                            unsent: unsent.map(|r| h1_form(r, te_trailers)),
+                            error: e.into_error().into(),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
     fn pooled(
         &self,
         resp: Response<Incoming>,
@@ -167,6 +234,52 @@ impl Upstream {
             .then(|| (self.pool.clone(), key, sender));
         resp.map(|inner| UpstreamBody { inner, back })
     }
+}
+
+/// An HTTP/2 request's form: an absolute URI, so that `:scheme` and `:authority` are
+/// the request's (from its `Host`, which an intermediary may keep, RFC 9113 section
+/// 8.3.1), on the HTTP/2 connection; `te: trailers` when the client asked for trailers.
+fn h2_form(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr, te_trailers: bool) {
+    // an HTTP/1.1 upgrade has no HTTP/2 form (hyper would drop these with a warning)
+    if req.headers_mut().remove(http::header::CONNECTION).is_some() {
+        req.headers_mut().remove(http::header::UPGRADE);
+    }
+    if te_trailers {
+        req.headers_mut()
+            .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    // `:scheme` needs an authority beside it; a request without a usable Host (HTTP/1.0
+    // allows that) names the endpoint
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(addr.to_string()).ok());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    parts.authority = authority;
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// Back to the HTTP/1.1 form (origin-form URI; `Host` was kept) for a request that goes
+/// elsewhere after an HTTP/2 try that never sent it.
+fn h1_form(mut req: Request<RequestBody>, te_trailers: bool) -> Request<RequestBody> {
+    if te_trailers {
+        req.headers_mut().remove(http::header::TE);
+    }
+    if let Some(path) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(path);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    req
 }
 
 /// A new connection: TCP, the TLS handshake when the transport says so, HTTP/1.1; all of
@@ -181,9 +294,9 @@ async fn connect(
             .await
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        match transport {
-            Transport::Plain => handshake(TokioIo::new(tcp)).await,
-            Transport::Tls(tls) => {
+        match &transport.tls {
+            None => handshake(TokioIo::new(tcp)).await,
+            Some(tls) => {
                 let stream = tls
                     .connector
                     .connect(tls.server_name.clone(), tcp)
@@ -197,6 +310,63 @@ async fn connect(
         Ok(connected) => connected,
         Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
     }
+}
+
+/// A new HTTP/2 connection: TCP, the TLS handshake (which must choose `h2`) when the
+/// transport says so, the HTTP/2 preface; all of it within `timeout`.
+async fn connect_h2(
+    transport: &Transport,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<H2Sender, UpstreamError> {
+    let connecting = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        match &transport.tls {
+            None => handshake_h2(TokioIo::new(tcp)).await,
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(UpstreamError::Handshake)?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(UpstreamError::NoH2);
+                }
+                handshake_h2(TokioIo::new(stream)).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(connected) => connected,
+        Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
+    }
+}
+
+/// HTTP/2 upstream pings (only while requests are open) and how long an answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn handshake_h2<I>(io: I) -> Result<H2Sender, UpstreamError>
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    // every request to the endpoint rides this one connection: while requests are open,
+    // pings find a backend that vanished without a close, and the connection is replaced
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+    });
+    Ok(sender)
 }
 
 async fn handshake<I>(io: I) -> Result<SendRequest<RequestBody>, UpstreamError>

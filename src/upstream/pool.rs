@@ -1,5 +1,7 @@
 //! One worker's idle HTTP/1.1 connections to backends, plain and TLS, keyed by endpoint
-//! and transport so the two never mix. A worker is one thread with a
+//! and transport so the two never mix, and its one shared HTTP/2 connection per endpoint
+//! and transport (`h2_take`: every request gets a clone of its sender while it is open;
+//! requests that find it being opened wait for it). A worker is one thread with a
 //! current-thread runtime and every task of its connections is local to it, so the pool
 //! is a `RefCell` behind an `Rc`: taking or returning a connection costs no lock, no
 //! atomic and no task wake-up.
@@ -9,8 +11,9 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1::SendRequest, http2};
 use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
 
 use super::body::RequestBody;
 
@@ -32,6 +35,8 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 pub struct Pool {
     /// Idle connections by endpoint, most recently used last.
     idle: RefCell<FxHashMap<PoolKey, Vec<Idle>>>,
+    /// HTTP/2 connections (multiplexed, never idle-listed) by endpoint.
+    h2: RefCell<FxHashMap<PoolKey, H2Slot>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -41,10 +46,58 @@ struct Idle {
     since: Instant,
 }
 
+type H2Sender = http2::SendRequest<RequestBody>;
+
+enum H2Slot {
+    Open(H2Sender),
+    /// A request is opening the connection; the others wait on this.
+    Opening(Rc<Notify>),
+}
+
+/// What a request to an HTTP/2 endpoint does (`Pool::h2_take`).
+pub enum H2Take<'p> {
+    /// Send on this clone of the open connection's sender.
+    Open(H2Sender),
+    /// Another request is opening the connection: wait, then ask again.
+    Wait(Rc<Notify>),
+    /// Open the connection and hand it over with `H2Opening::opened`; dropped without
+    /// that, the waiters are woken to try themselves.
+    Connect(H2Opening<'p>),
+}
+
+/// The right, and the duty, to open an endpoint's HTTP/2 connection.
+pub struct H2Opening<'p> {
+    pool: &'p Pool,
+    key: PoolKey,
+    notify: Rc<Notify>,
+}
+
+impl H2Opening<'_> {
+    /// The connection is open: it serves every request to the endpoint from now on.
+    pub fn opened(self, sender: &H2Sender) {
+        self.pool
+            .h2
+            .borrow_mut()
+            .insert(self.key, H2Slot::Open(sender.clone()));
+        // Drop wakes the waiters
+    }
+}
+
+impl Drop for H2Opening<'_> {
+    fn drop(&mut self) {
+        let mut h2 = self.pool.h2.borrow_mut();
+        if matches!(h2.get(&self.key), Some(H2Slot::Opening(n)) if Rc::ptr_eq(n, &self.notify)) {
+            h2.remove(&self.key);
+        }
+        self.notify.notify_waiters();
+    }
+}
+
 impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Rc<Pool> {
         Rc::new(Pool {
             idle: RefCell::default(),
+            h2: RefCell::default(),
             max_idle,
             idle_timeout,
         })
@@ -60,6 +113,26 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// The endpoint's HTTP/2 connection while it is open; else whether to wait for the
+    /// request opening it or to open it.
+    pub fn h2_take(&self, key: PoolKey) -> H2Take<'_> {
+        let mut h2 = self.h2.borrow_mut();
+        match h2.get(&key) {
+            Some(H2Slot::Open(sender)) if !sender.is_closed() => H2Take::Open(sender.clone()),
+            Some(H2Slot::Opening(notify)) => H2Take::Wait(notify.clone()),
+            // none yet, or a dead one: replaced
+            _ => {
+                let notify = Rc::new(Notify::new());
+                h2.insert(key, H2Slot::Opening(notify.clone()));
+                H2Take::Connect(H2Opening {
+                    pool: self,
+                    key,
+                    notify,
+                })
+            }
+        }
     }
 
     /// Return a connection whose response has ended. Over the cap, or idle too long at the
@@ -106,6 +179,10 @@ impl Pool {
                 });
             }
             idle.retain(|_, list| !list.is_empty());
+            drop(idle);
+            pool.h2
+                .borrow_mut()
+                .retain(|_, slot| !matches!(slot, H2Slot::Open(s) if s.is_closed()));
         }
     }
 }
@@ -164,5 +241,67 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         pool.put(a, connection(a).await);
         assert_eq!(pool.idle_count(a), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_h2_connection_is_opened_once_waited_for_shared_and_replaced_when_closed() {
+        use hyper_util::rt::TokioExecutor;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let key = PoolKey {
+            addr: listener.local_addr().unwrap(),
+            transport: 0,
+        };
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc);
+            // dropped when told: the connection closes
+            tokio::select! { _ = conn => {}, _ = closed => {} }
+        });
+        let pool = Pool::new(8, Duration::from_secs(3600));
+
+        // an opener given up on wakes its waiters, and the next request opens
+        let H2Take::Connect(opening) = pool.h2_take(key) else {
+            panic!("nothing open: connect")
+        };
+        let H2Take::Wait(notify) = pool.h2_take(key) else {
+            panic!("being opened: wait")
+        };
+        let woken = notify.notified();
+        drop(opening);
+        woken.await;
+        let H2Take::Connect(opening) = pool.h2_take(key) else {
+            panic!("connect again")
+        };
+        let H2Take::Wait(notify) = pool.h2_take(key) else {
+            panic!("wait again")
+        };
+        let woken = notify.notified();
+        let tcp = tokio::net::TcpStream::connect(key.addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, RequestBody>(
+            TokioExecutor::new(),
+            TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        opening.opened(&sender);
+        woken.await;
+        // every request now gets a clone of the one open connection
+        for _ in 0..3 {
+            assert!(matches!(pool.h2_take(key), H2Take::Open(_)));
+        }
+        // closed by the backend: replaced by the next request
+        close.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sender.is_closed() {
+            assert!(Instant::now() < deadline, "the close was never seen");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(matches!(pool.h2_take(key), H2Take::Connect(_)));
     }
 }

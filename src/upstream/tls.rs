@@ -39,13 +39,15 @@ pub enum TlsClientError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TlsClientKey {
     tls: UpstreamTls,
+    /// ALPN `h2` (`protocol: h2`) rather than `http/1.1`.
+    h2: bool,
     /// Hash of the CA, certificate and key files' contents: a rotated file is a change.
     files: u64,
 }
 
 impl TlsClientKey {
-    /// Reads the files the settings name.
-    pub fn new(tls: &UpstreamTls) -> Result<Self, TlsClientError> {
+    /// Reads the files the settings name. `h2`: the client offers only `h2` by ALPN.
+    pub fn new(tls: &UpstreamTls, h2: bool) -> Result<Self, TlsClientError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let client = tls.client.iter().flat_map(|(c, k)| [c, k]);
         for f in std::iter::once(&tls.ca).chain(client) {
@@ -58,12 +60,13 @@ impl TlsClientKey {
         }
         Ok(TlsClientKey {
             tls: tls.clone(),
+            h2,
             files: hasher.finish(),
         })
     }
 
     /// The client: verifies the server against `tls.ca` as the server name, presents the
-    /// client certificate when configured, offers HTTP/1.1 by ALPN.
+    /// client certificate when configured, offers HTTP/1.1 (or only HTTP/2) by ALPN.
     pub fn build(self) -> Result<Tls, TlsClientError> {
         let tls = &self.tls;
         let pem = |path: &std::path::Path, e: &dyn std::fmt::Display| TlsClientError::Pem {
@@ -96,7 +99,11 @@ impl TlsClientKey {
                 name: server_name.clone(),
                 reason: e.to_string(),
             })?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![if self.h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         Ok(Tls {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connector: TlsConnector::from(Arc::new(config)),

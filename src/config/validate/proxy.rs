@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::Validator;
 use crate::config::{
     raw, values, AccessLog, AccessMode, ClientAuth, Endpoint, Limits, Origin, OutlierDetection,
-    Proxy, Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls, DEFAULT_ADMIN,
-    DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN,
+    Protocol, Proxy, Retries, Service, ShutdownSettings, Timeouts, TlsSettings, UpstreamTls,
+    DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN,
 };
 
 impl Validator {
@@ -260,9 +260,9 @@ impl Validator {
         for (name, value) in spec.services {
             let field = format!("spec.services.{name}");
             // a plain list of endpoints, or a mapping with endpoints and upstream TLS
-            let (endpoints, tls_raw, list_field) = if value.is_sequence() {
+            let (endpoints, tls_raw, protocol_raw, list_field) = if value.is_sequence() {
                 match serde_path_to_error::deserialize::<_, Vec<String>>(value) {
-                    Ok(list) => (list, None, field.clone()),
+                    Ok(list) => (list, None, None, field.clone()),
                     Err(e) => {
                         self.errors.push(origin.error(
                             format!("{field}{}", seq_path(e.path())),
@@ -273,7 +273,12 @@ impl Validator {
                 }
             } else if value.is_mapping() {
                 match serde_path_to_error::deserialize::<_, raw::Service>(value) {
-                    Ok(svc) => (svc.endpoints, svc.tls, format!("{field}.endpoints")),
+                    Ok(svc) => (
+                        svc.endpoints,
+                        svc.tls,
+                        svc.protocol,
+                        format!("{field}.endpoints"),
+                    ),
                     Err(e) => {
                         self.errors.push(
                             origin
@@ -285,7 +290,7 @@ impl Validator {
             } else {
                 self.errors.push(origin.error(
                     &field,
-                    "expected a list of host:port endpoints, or a mapping with endpoints and tls",
+                    "expected a list of host:port endpoints, or a mapping with endpoints, protocol and tls",
                 ));
                 continue;
             };
@@ -322,6 +327,17 @@ impl Validator {
                     client,
                 })
             });
+            let protocol = match protocol_raw.as_deref() {
+                None | Some("http1") => Protocol::Http1,
+                Some("h2") => Protocol::H2,
+                Some(other) => {
+                    self.errors.push(origin.error(
+                        format!("{field}.protocol"),
+                        format!("must be http1 or h2, got {other:?}"),
+                    ));
+                    Protocol::Http1
+                }
+            };
             if endpoints.is_empty() {
                 self.errors
                     .push(origin.error(&field, "must list at least one endpoint (host:port)"));
@@ -341,6 +357,7 @@ impl Validator {
                 Service {
                     endpoints: valid,
                     tls,
+                    protocol,
                 },
             );
         }
