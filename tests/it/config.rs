@@ -401,6 +401,15 @@ fn the_design_documents_example_loads_as_written() {
     assert_eq!(p.limits, config::Limits::default());
     assert_eq!(p.retries, config::Retries::default());
     assert_eq!(p.outlier_detection, config::OutlierDetection::default());
+    assert_eq!(p.access_log, config::AccessLog::Off);
+    let grpc = &p.services["grpc-echo"];
+    assert_eq!(grpc.protocol, config::Protocol::H2);
+    assert!(grpc.tls.is_none());
+    assert_eq!(grpc.endpoints.len(), 1);
+    assert_eq!(
+        p.services["my-website-v1"].protocol,
+        config::Protocol::Http1
+    );
     assert_eq!(
         weights(&cfg, "my-trafficsplit"),
         w(&[("my-website-v1", 90), ("my-website-v2", 10)])
