@@ -245,6 +245,40 @@ fn the_configmap_validates_mounted_with_the_certs_init_secret_and_the_deployment
             assert!(proxy.services.contains_key(name), "httproute.yaml: {name}");
         }
     }
+
+    // ... and loads in place of split.yaml, as its comment tells: the same 95/5 and the
+    // testers' header rule first (more header matches on the same path)
+    let with_route = work.path().join("etc-splitproxy-httproute");
+    std::fs::create_dir(&with_route).unwrap();
+    let mut route_files: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .filter(|(name, _)| name != "split.yaml")
+        .cloned()
+        .collect();
+    assert_eq!(
+        route_files.len(),
+        files.len() - 1,
+        "split.yaml in the ConfigMap"
+    );
+    route_files.push(("httproute.yaml".into(), text.into_bytes()));
+    kubelet_mount(&with_route, &route_files);
+    let (code, stdout, stderr) =
+        splitproxy(&["validate", "--config", with_route.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let cfg = config::read(&with_route)
+        .result
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(cfg.splits.is_empty());
+    assert_eq!(cfg.httproutes.len(), 1, "{stdout}");
+    assert!(
+        stdout.contains("httproute default/my-website rules[0]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("httproute default/my-website rules[1]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("weight 95 "), "{stdout}");
 }
 
 // === a DNS-named endpoint follows its resolution ===
