@@ -109,6 +109,10 @@ impl Server {
             }
         );
 
+        if !config.httproutes.is_empty() {
+            // a line of its own: scripts read the one above as it has always been
+            tracing::info!("serving {} HTTPRoute(s)", config.httproutes.len());
+        }
         let reloader = Reloader::new(path.clone(), live.clone(), config.fingerprint);
         let status = reloader.status();
         let draining = Arc::new(AtomicBool::new(false));

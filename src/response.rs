@@ -24,7 +24,7 @@ pub enum ProxyError {
     BadPath(crate::path::PathError),
     #[error("no route for host {0:?}")]
     NoRoute(String),
-    #[error("no TrafficSplit for host {host:?} matches {method} {path}")]
+    #[error("no route for host {host:?} matches {method} {path}")]
     NoMatch {
         host: String,
         method: http::Method,
