@@ -20,6 +20,7 @@ mod policies;
 mod properties;
 mod proxy;
 mod quiet;
+mod readme;
 mod reload;
 mod resilience;
 mod tls;
