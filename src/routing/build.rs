@@ -100,7 +100,10 @@ fn other_backend(
         health,
         service,
         weight,
-        transport: Transport { tls: None, h2: false },
+        transport: Transport {
+            tls: None,
+            h2: false,
+        },
         counters,
         baseline,
         unresolved,
