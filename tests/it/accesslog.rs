@@ -111,12 +111,6 @@ fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
     path
 }
 
-/// A port nothing listens on.
-fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 fn req(
     method: &str,
     path: &str,
@@ -171,7 +165,8 @@ fn is_uuid_v4(s: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_for_proxied_requests_and_the_proxys_own_answers() {
     let web = Backend::spawn("web-v1").await;
-    let dead = dead_addr();
+    let refused = refused_port();
+    let dead = refused.addr;
     let dir = tempfile::tempdir().unwrap();
     let yaml = proxy_doc(
         &[("web-v1", web.addr), ("dead-v1", dead)],

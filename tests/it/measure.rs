@@ -139,11 +139,8 @@ async fn non_2xx_answers_count_in_their_class_and_as_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_counted_and_measure_nothing() {
-    // a port that was just free: nothing listens there
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refused = refused_port();
+    let addr = refused.addr;
     let mut a = MeasureArgs::new(&format!("http://{addr}/"));
     a.requests = 20;
     a.connections = 2;

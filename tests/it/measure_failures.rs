@@ -57,11 +57,8 @@ async fn failures_carry_their_kind_and_send_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_failures_are_listed_too() {
-    // a port that was just free: nothing listens there
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = refused_port();
+    let addr = refused.addr;
     let mut a = MeasureArgs::new(&format!("http://{addr}/"));
     a.requests = 12;
     a.connections = 3;

@@ -146,19 +146,19 @@ async fn unknown_host_is_404_and_names_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_backend_is_502_fast() {
-    // a port that was just free: nothing listens there
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let yaml = proxy_doc(&[("gone", dead)], "") + &split_doc("s", "web", &[("gone", 1)]);
+    let refused = refused_port();
+    let yaml = proxy_doc(&[("gone", refused.addr)], "") + &split_doc("s", "web", &[("gone", 1)]);
     let proxy = Proxy::start(&yaml).await;
     let start = Instant::now();
     let a = get(&client(), &proxy.url("/"), "web").await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     // the body names the backend service, never its address or the error chain
     assert_eq!(a.body, "upstream gone is unreachable\n");
-    assert!(!a.body.contains(&dead.port().to_string()), "{}", a.body);
+    assert!(
+        !a.body.contains(&refused.addr.port().to_string()),
+        "{}",
+        a.body
+    );
     assert_eq!(a.headers["server"], "splitproxy");
     // refused connections fail at once, long before the 2s connect timeout
     assert!(

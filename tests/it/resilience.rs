@@ -22,12 +22,6 @@ use crate::support::*;
 
 // === fixtures ===
 
-/// An address nothing listens on: bound, then closed (connections are refused).
-async fn refusing_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// Answer 200 with the backend's name.
 const OK: u8 = 0;
 /// Read the whole request, then close the connection without an answer (a reset before
@@ -250,10 +244,10 @@ const SPLIT: &str = "split=\"default/web-split\"";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_backend_of_a_50_50_split_is_retried_on_the_live_one() {
     let live = Backend::spawn("v1").await;
-    let dead = refusing_port().await;
+    let dead = refused_port();
     // no ejection: every request that picks the dead backend is retried
     let yaml = proxy_doc_n(
-        &[("web-v1", &[live.addr]), ("web-v2", &[dead])],
+        &[("web-v1", &[live.addr]), ("web-v2", &[dead.addr])],
         "outlierDetection:\n  consecutiveFailures: 0",
     ) + &split_doc("web-split", "web", &[("web-v1", 50), ("web-v2", 50)]);
     let proxy = Proxy::start(&yaml).await;
@@ -297,7 +291,7 @@ async fn refused_backend_of_a_50_50_split_is_retried_on_the_live_one() {
 
     // with retries off, the same split answers 502 for the dead half
     let yaml = proxy_doc_n(
-        &[("web-v1", &[live.addr]), ("web-v2", &[dead])],
+        &[("web-v1", &[live.addr]), ("web-v2", &[dead.addr])],
         "retries:\n  attempts: 0\noutlierDetection:\n  consecutiveFailures: 0",
     ) + &split_doc("web-split", "web", &[("web-v1", 50), ("web-v2", 50)]);
     let proxy = Proxy::start(&yaml).await;
@@ -498,13 +492,13 @@ async fn live_backends_keep_their_weights(outlier: &str) {
     let (v1, v2, dead) = (
         Backend::spawn("v1").await,
         Backend::spawn("v2").await,
-        refusing_port().await,
+        refused_port(),
     );
     let yaml = proxy_doc_n(
         &[
             ("web-v1", &[v1.addr]),
             ("web-v2", &[v2.addr]),
-            ("web-v3", &[dead]),
+            ("web-v3", &[dead.addr]),
         ],
         outlier,
     ) + &split_doc(
@@ -993,7 +987,8 @@ async fn tls_upstream_connections_are_pooled_and_a_refused_endpoint_is_retried()
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
     let (addr, conns) = counting_tls_backend(&ca).await;
-    let dead = refusing_port().await;
+    let refused = refused_port();
+    let dead = refused.addr;
     let yaml = format!(
         "apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: t\nspec:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  outlierDetection:\n    consecutiveFailures: 0\n  services:\n    secure:\n      endpoints: [\"{dead}\", \"{addr}\"]\n      tls:\n        ca: ca.pem\n        serverName: backend.internal\n"
     ) + &split_doc("web-split", "web", &[("secure", 1)]);

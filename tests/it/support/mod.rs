@@ -410,3 +410,24 @@ pub fn assert_two_way_split(observed: [u64; 2], weights: [f64; 2]) {
         r.p_value
     );
 }
+
+/// A port that refuses connections for as long as this lives: bound and never listening,
+/// so the kernel gives it to no other test. (A port merely found free can be handed to a
+/// test running beside, and a request meant to be refused then reaches its server.)
+pub struct RefusedPort {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+pub fn refused_port() -> RefusedPort {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    RefusedPort {
+        _socket: socket,
+        addr,
+    }
+}
