@@ -492,6 +492,18 @@ fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
 /// A JSON string of `bytes`: quotes, backslashes and control bytes escaped; bytes that
 /// are not UTF-8 (header values may carry obs-text) replaced by U+FFFD.
 fn json_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    // nearly every field is printable ASCII with nothing to escape: one copy (the
+    // byte-at-a-time path below cost ~3 000 instructions a line)
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let text = String::from_utf8_lossy(bytes);
     out.push(b'"');
     for &b in text.as_bytes() {
