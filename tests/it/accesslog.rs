@@ -47,25 +47,11 @@ fn run_with(path: &std::path::Path, env: &[(&str, &str)]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = loop {
-        let line = lines
-            .next()
-            .expect("splitproxy exited before serving")
-            .unwrap();
-        if line.contains(" split(s) on ") {
-            break line;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let addr = |after: &str| -> SocketAddr {
-        let rest = &line[line.find(after).unwrap() + after.len()..];
-        rest.split([' ', ',']).next().unwrap().parse().unwrap()
-    };
+    let (addr, admin) = serving(&mut child);
     let stdout = child.stdout.take();
     Running {
-        addr: addr(" on "),
-        admin: addr("admin on "),
+        addr,
+        admin,
         child,
         stdout,
     }

@@ -3,7 +3,7 @@
 //! through the real binary; the Deployment agrees with it and with the Dockerfile; and an
 //! endpoint given as a DNS name follows a changed resolution, as a Service's does.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -378,7 +378,7 @@ async fn a_dns_named_endpoint_follows_a_changed_resolution() {
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, yaml).unwrap();
 
-    let mut child = unshare()
+    let child = unshare()
         .args([
             "sh",
             "-c",
@@ -391,22 +391,8 @@ async fn a_dns_named_endpoint_follows_a_changed_resolution() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn unshare");
-    let stderr = child.stderr.take().unwrap();
-    let _proxy = Killed(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let line = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("splitproxy exited before serving:\n{}", seen.join("\n"));
-        };
-        if line.contains(" split(s) on ") {
-            break line;
-        }
-        seen.push(line);
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let rest = &line[line.find(" on ").unwrap() + 4..];
-    let addr: SocketAddr = rest.split([' ', ',']).next().unwrap().parse().unwrap();
+    let mut proxy = Killed(child);
+    let (addr, _) = serving(&mut proxy.0);
     let url = format!("http://{addr}/");
 
     let c = client();

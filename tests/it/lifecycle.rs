@@ -1,7 +1,6 @@
 //! The real binary: start, serve, SIGTERM drain (in-flight requests finish, `/readyz`
 //! fails at once, the listener closes after `shutdown.delay`), exit 0.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,23 +28,8 @@ fn spawn_with(dir: &std::path::Path, yaml: &str, workers: &str) -> (Child, Socke
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = loop {
-        let line = lines
-            .next()
-            .expect("splitproxy exited before serving")
-            .unwrap();
-        if line.contains(" split(s) on ") {
-            break line;
-        }
-    };
-    // keep draining stderr so the child never blocks on a full pipe
-    std::thread::spawn(move || for _ in lines {});
-    let addr = |after: &str| -> SocketAddr {
-        let rest = &line[line.find(after).unwrap() + after.len()..];
-        rest.split([' ', ',']).next().unwrap().parse().unwrap()
-    };
-    (child, addr(" on "), addr("admin on "))
+    let (addr, admin) = serving(&mut child);
+    (child, addr, admin)
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -431,3 +431,38 @@ pub fn refused_port() -> RefusedPort {
         addr,
     }
 }
+
+/// Wait for a `splitproxy run` child to log that it serves, and return its proxy and
+/// admin addresses. Its stderr is drained from then on (a full pipe would block it). A
+/// child that exits first, or says nothing of the kind within 60 s, fails the test with
+/// what it logged.
+pub fn serving(child: &mut std::process::Child) -> (SocketAddr, SocketAddr) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("the child's stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // once the line is found nobody listens: keep draining all the same
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(" split(s) on ") => break line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!(
+                "splitproxy did not say it serves ({e:?}); it logged:\n{}",
+                seen.join("\n")
+            ),
+        }
+    };
+    let addr = |after: &str| -> SocketAddr {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest.split([' ', ',']).next().unwrap().parse().unwrap()
+    };
+    (addr(" on "), addr("admin on "))
+}
