@@ -289,27 +289,13 @@ async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<SendRequest<RequestBody>, UpstreamError> {
-    let connecting = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        match &transport.tls {
-            None => handshake(TokioIo::new(tcp)).await,
-            Some(tls) => {
-                let stream = tls
-                    .connector
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .map_err(UpstreamError::Handshake)?;
-                handshake(TokioIo::new(stream)).await
-            }
+    within(timeout, async {
+        match dial(transport, addr).await? {
+            Dialed::Plain(tcp) => handshake(TokioIo::new(tcp)).await,
+            Dialed::Tls(tls) => handshake(TokioIo::new(tls)).await,
         }
-    };
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(connected) => connected,
-        Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
-    }
+    })
+    .await
 }
 
 /// A new HTTP/2 connection: TCP, the TLS handshake (which must choose `h2`) when the
@@ -319,26 +305,48 @@ async fn connect_h2(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<H2Sender, UpstreamError> {
-    let connecting = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        match &transport.tls {
-            None => handshake_h2(TokioIo::new(tcp)).await,
-            Some(tls) => {
-                let stream = tls
-                    .connector
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .map_err(UpstreamError::Handshake)?;
-                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-                    return Err(UpstreamError::NoH2);
-                }
-                handshake_h2(TokioIo::new(stream)).await
+    within(timeout, async {
+        match dial(transport, addr).await? {
+            Dialed::Plain(tcp) => handshake_h2(TokioIo::new(tcp)).await,
+            Dialed::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                handshake_h2(TokioIo::new(tls)).await
             }
+            Dialed::Tls(_) => Err(UpstreamError::NoH2),
         }
-    };
+    })
+    .await
+}
+
+/// The stream an upstream handshake runs on. Unboxed: it lives only until the handshake
+/// takes it, and a box would be one more allocation per connection.
+#[allow(clippy::large_enum_variant)]
+enum Dialed {
+    Plain(TcpStream),
+    Tls(tokio_rustls::client::TlsStream<TcpStream>),
+}
+
+/// TCP to `addr`, then TLS when the transport says so.
+async fn dial(transport: &Transport, addr: SocketAddr) -> Result<Dialed, UpstreamError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(UpstreamError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    match &transport.tls {
+        None => Ok(Dialed::Plain(tcp)),
+        Some(tls) => tls
+            .connector
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map(Dialed::Tls)
+            .map_err(UpstreamError::Handshake),
+    }
+}
+
+/// `connecting` within the connect timeout.
+async fn within<T>(
+    timeout: Duration,
+    connecting: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
     match tokio::time::timeout(timeout, connecting).await {
         Ok(connected) => connected,
         Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
