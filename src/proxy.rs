@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, Entry, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -30,6 +30,7 @@ use crate::live::Worker;
 use crate::metrics::BackendCounters;
 use crate::response::{error_chain, Body, ProxyError};
 use crate::routing::{Backend, Picked, RoutingTable, Split, Tried};
+use crate::upstream::h1::Io;
 use crate::upstream::{BodyError, RequestBody, SendError, Upstream, UpstreamBody};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -205,7 +206,10 @@ impl Forward<'_> {
             upgrade: downstream_upgrade,
             te_trailers,
         } = prepare_request(&mut req, conn);
-        let replay = Replay::of(&req, self.table.retries > 0 && self.split.alternatives);
+        // HTTP/1.1 hands a written head back (`SendError::written`); only HTTP/2 consumes
+        // the request, and needs a copy made before
+        let retry = self.table.retries > 0 && self.split.alternatives;
+        let replay = Replay::of(&req, retry && self.backend.transport.h2);
         let received = self.received.take();
         let req = req.map(|body| RequestBody::new(body, self.table.body_limit).counting(received));
         let timeout = self.table.timeouts.upstream;
@@ -234,8 +238,8 @@ impl Forward<'_> {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_side) = downstream_upgrade {
-                let upstream_side = hyper::upgrade::on(&mut resp);
+            let upstream_side = resp.body_mut().take_upgrade();
+            if let (Some(client_side), Some(upstream_side)) = (downstream_upgrade, upstream_side) {
                 tokio::spawn(tunnel(client_side, upstream_side));
             }
         } else {
@@ -254,7 +258,7 @@ impl Forward<'_> {
         &mut self,
         upstream: &Upstream,
         mut req: Request<RequestBody>,
-        replay: Option<Replay>,
+        mut replay: Option<Replay>,
         te_trailers: bool,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let table = self.table;
@@ -266,7 +270,11 @@ impl Forward<'_> {
             let sent = upstream
                 .send(transport, addr, table.timeouts.connect, te_trailers, req)
                 .await;
-            let SendError { error, unsent } = match sent {
+            let SendError {
+                error,
+                unsent,
+                written,
+            } = match sent {
                 Ok(resp) => {
                     let od = &table.outlier;
                     let status = resp.status();
@@ -290,6 +298,9 @@ impl Forward<'_> {
             }
             self.split
                 .failed(self.slot, self.endpoint, &table.outlier, &table.health);
+            if let Some(head) = written.filter(|_| attempts > 0) {
+                replay = replay.or_else(|| Replay::written(head));
+            }
             let again = unsent.or_else(|| replay.as_ref().map(Replay::request));
             let next = match again {
                 Some(r) if attempts > 0 => self
@@ -344,6 +355,15 @@ impl Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
             headers: req.headers().clone(),
+        })
+    }
+
+    /// From the head of a bodiless request that went out, when its method is safe.
+    fn written(head: http::request::Parts) -> Option<Replay> {
+        matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS).then(|| Replay {
+            method: head.method,
+            uri: head.uri,
+            headers: head.headers,
         })
     }
 
@@ -562,16 +582,21 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer_ip: &HeaderValue) {
     }
 }
 
-/// Copy bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!("upgraded connection ended: {e}");
-            }
+/// Copy bytes both ways between the upgraded client and upstream connections; what the
+/// backend sent right behind its 101 goes first.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, (mut upstream, early): (Io, Bytes)) {
+    use tokio::io::AsyncWriteExt;
+    let mut client = match client.await {
+        Ok(c) => TokioIo::new(c),
+        Err(e) => return tracing::debug!("upgrade failed: {e}"),
+    };
+    if !early.is_empty() {
+        if let Err(e) = client.write_all(&early).await {
+            return tracing::debug!("upgraded connection ended: {e}");
         }
-        Err(e) => tracing::debug!("upgrade failed: {e}"),
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("upgraded connection ended: {e}");
     }
 }
 

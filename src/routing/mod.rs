@@ -431,11 +431,11 @@ impl Split {
         };
         // `Rendezvous::pick` is `pick_where` keeping everything: one call serves both
         let sticky = |hash: &Rendezvous, key: &[u8], keep: &mut Option<K>| {
-            hash.pick_where(key, |i| keep.as_mut().map_or(true, |k| k(i)))
+            hash.pick_where(key, |i| keep.as_mut().is_none_or(|k| k(i)))
         };
         let index = match &self.selector {
             Selector::Fallback => {
-                let kept = keep.as_mut().map_or(true, |k| k(0));
+                let kept = keep.as_mut().is_none_or(|k| k(0));
                 (self.fallback.is_some() && kept).then_some(0)
             }
             Selector::Random => random(&mut keep),

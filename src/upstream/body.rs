@@ -5,10 +5,11 @@
 //! the client's body (a bad chunk size, a client gone mid-body) becomes
 //! `BodyError::Malformed`.
 //!
-//! Either error aborts hyper's exchange with the backend: the upstream connection is closed
-//! (hyper never pools a connection whose request body failed) and the error comes back as
-//! the cause of the send's `hyper::Error`, where `UpstreamError::body_error` finds it, so
-//! the client gets 400 or 413 and the endpoint is not blamed. No state is shared with the
+//! Either error aborts the exchange with the backend: the upstream connection is closed
+//! (never pooled after a failed request body) and the error comes back as the cause of
+//! the send's error (`H1Error::Body` over HTTP/1.1, inside the `hyper::Error` over
+//! HTTP/2), where `UpstreamError::body_error` finds it, so the client gets 400 or 413 and
+//! the endpoint is not blamed. No state is shared with the
 //! request path: the error itself carries the news.
 
 use std::pin::Pin;
@@ -105,7 +106,7 @@ impl Body for RequestBody {
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().map_or(true, Body::is_end_stream)
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     #[inline]

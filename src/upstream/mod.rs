@@ -1,13 +1,16 @@
 //! Requests to backends. `Upstream` is one worker's client: its own pool of HTTP/1.1
 //! connections (`pool`), plain and TLS-originating (`tls`) alike, keyed so the two never
-//! mix. A response body gives its connection back to the pool when it ends. A service
-//! with `protocol: h2` gets one multiplexed HTTP/2 connection per endpoint instead.
+//! mix, each exchange driven by the request's own task (`h1`). A response body gives its
+//! connection back to the pool when it ends. A service with `protocol: h2` gets one
+//! multiplexed HTTP/2 connection per endpoint instead (hyper's client).
 //!
-//! A send that never wrote its request (the connection could not be opened, or a pooled
-//! one was found closed first) hands the request back in `SendError::unsent`: the caller
-//! may try it elsewhere. A request the send consumed may have reached the backend.
+//! A send that never wrote its request (the connection could not be opened) hands the
+//! request back in `SendError::unsent`: the caller may try it elsewhere. A request the
+//! send consumed may have reached the backend; over HTTP/1.1 the head of a bodiless one
+//! comes back in `SendError::written`, for a retry of a safe method.
 
 pub mod body;
+pub mod h1;
 pub mod pool;
 pub mod tls;
 
@@ -20,9 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
-use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -66,6 +67,8 @@ pub enum UpstreamError {
     NoH2,
     #[error("HTTP exchange failed")]
     Http(#[from] hyper::Error),
+    #[error("HTTP exchange failed")]
+    H1(#[source] h1::H1Error),
 }
 
 impl UpstreamError {
@@ -76,15 +79,17 @@ impl UpstreamError {
             | UpstreamError::ConnectTimeout(_)
             | UpstreamError::Handshake(_)
             | UpstreamError::NoH2 => true,
-            UpstreamError::Http(_) => false,
+            UpstreamError::Http(_) | UpstreamError::H1(_) => false,
         }
     }
 
     /// The client's request body failed (it is the cause of the exchange's failure, not
     /// the backend).
     pub fn body_error(&self) -> Option<&BodyError> {
-        let UpstreamError::Http(e) = self else {
-            return None;
+        let e = match self {
+            UpstreamError::H1(h1::H1Error::Body(b)) => return Some(b),
+            UpstreamError::Http(e) => e,
+            _ => return None,
         };
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
@@ -101,6 +106,9 @@ impl UpstreamError {
 pub struct SendError {
     pub error: UpstreamError,
     pub unsent: Option<Request<RequestBody>>,
+    /// The head of a request without a body that went out (HTTP/1.1 keeps it; the
+    /// backend may have seen it): what a retry of a safe method needs, at no cost.
+    pub written: Option<http::request::Parts>,
 }
 
 /// One worker's upstream client.
@@ -135,38 +143,39 @@ impl Upstream {
                 .send_h2(transport, key, connect_timeout, te_trailers, req)
                 .await;
         }
-        while let Some(mut sender) = self.pool.take(key) {
-            if !sender.is_ready() && sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, sender, key)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => {
+        loop {
+            let (conn, reused) = match self.pool.take(key) {
+                Some(conn) => (conn, true),
+                None => match connect(transport, addr, connect_timeout).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
                         return Err(SendError {
-                            error: e.into_error().into(),
-                            unsent: None,
+                            error,
+                            unsent: Some(req),
+                            written: None,
                         })
                     }
                 },
+            };
+            match h1::send(conn, req, reused).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|mut body| {
+                        body.give_back_to((self.pool.clone(), key));
+                        UpstreamBody(Inner::H1(body))
+                    }))
+                }
+                // the keep-alive race: once more, on the next idle connection or a new one
+                Err(h1::Failure {
+                    stale: Some(again), ..
+                }) => req = again,
+                Err(failure) => {
+                    return Err(SendError {
+                        error: UpstreamError::H1(failure.error),
+                        unsent: None,
+                        written: failure.written,
+                    })
+                }
             }
-        }
-        let mut sender = match connect(transport, addr, connect_timeout).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    unsent: Some(req),
-                })
-            }
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.pooled(resp, sender, key)),
-            Err(mut e) => Err(SendError {
-                unsent: e.take_message(),
-                error: e.into_error().into(),
-            }),
         }
     }
 
@@ -200,12 +209,13 @@ impl Upstream {
                         return Err(SendError {
                             error,
                             unsent: Some(h1_form(req, te_trailers)),
+                            written: None,
                         })
                     }
                 },
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|inner| UpstreamBody { inner, back: None })),
+                Ok(resp) => return Ok(resp.map(|inner| UpstreamBody(Inner::H2(inner)))),
                 Err(mut e) => match e.take_message() {
                     // the connection closed under it: the next one (a new one) gets it
                     Some(unsent) if !retried => {
@@ -216,23 +226,12 @@ impl Upstream {
                         return Err(SendError {
                             unsent: unsent.map(|r| h1_form(r, te_trailers)),
                             error: e.into_error().into(),
+                            written: None,
                         })
                     }
                 },
             }
         }
-    }
-
-    fn pooled(
-        &self,
-        resp: Response<Incoming>,
-        sender: SendRequest<RequestBody>,
-        key: PoolKey,
-    ) -> Response<UpstreamBody> {
-        // a 101 hands the connection to the tunnel; it never comes back
-        let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| (self.pool.clone(), key, sender));
-        resp.map(|inner| UpstreamBody { inner, back })
     }
 }
 
@@ -282,18 +281,18 @@ fn h1_form(mut req: Request<RequestBody>, te_trailers: bool) -> Request<RequestB
     req
 }
 
-/// A new connection: TCP, the TLS handshake when the transport says so, HTTP/1.1; all of
-/// it within `timeout`.
+/// A new connection: TCP, the TLS handshake when the transport says so; within
+/// `timeout`. HTTP/1.1 needs no handshake of its own.
 async fn connect(
     transport: &Transport,
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<SendRequest<RequestBody>, UpstreamError> {
+) -> Result<h1::Conn, UpstreamError> {
     within(timeout, async {
-        match dial(transport, addr).await? {
-            Dialed::Plain(tcp) => handshake(TokioIo::new(tcp)).await,
-            Dialed::Tls(tls) => handshake(TokioIo::new(tls)).await,
-        }
+        Ok(h1::Conn::new(match dial(transport, addr).await? {
+            Dialed::Plain(tcp) => h1::Io::Plain(tcp),
+            Dialed::Tls(tls) => h1::Io::Tls(Box::new(tls)),
+        }))
     })
     .await
 }
@@ -377,68 +376,66 @@ where
     Ok(sender)
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<RequestBody>, UpstreamError>
-where
-    I: Read + Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await?;
-    // on the runtime's scheduler, not the LocalSet: the LocalSet variant measured worse on
-    // plain HTTP/1.1 (README, Performance, "Structure round")
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("upstream connection ended: {e}");
-        }
-    });
-    Ok(sender)
-}
+/// A backend's response body: read by the request's own task from an HTTP/1.1
+/// connection (which goes back to the pool when the body ends), or a stream of the
+/// endpoint's HTTP/2 connection.
+pub struct UpstreamBody(Inner);
 
-/// A backend's response body. When it ends, the connection it came on goes back to the
-/// pool; dropped before its end, the connection closes (HTTP/1.1 cannot skip the rest).
-pub struct UpstreamBody {
-    inner: Incoming,
-    back: Option<(Rc<Pool>, PoolKey, SendRequest<RequestBody>)>,
+// unboxed: a box would be one more allocation per request, for every HTTP/1.1 one
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    H1(h1::Body),
+    H2(Incoming),
 }
 
 impl UpstreamBody {
-    fn give_back(&mut self) {
-        if let Some((pool, key, sender)) = self.back.take() {
-            pool.put(key, sender);
+    /// The connection of an HTTP/1.1 101 response and what was read past the response,
+    /// for the tunnel; it never comes back to the pool.
+    pub fn take_upgrade(&mut self) -> Option<(h1::Io, Bytes)> {
+        match &mut self.0 {
+            Inner::H1(body) => body.take_upgrade().map(h1::Conn::into_upgraded),
+            Inner::H2(_) => None,
         }
     }
+}
+
+/// Why a backend's response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    H1(#[from] h1::H1Error),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
 }
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
+    #[inline]
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, UpstreamBodyError>>> {
+        match &mut self.get_mut().0 {
+            Inner::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Inner::H1(body) => body.is_end_stream(),
+            Inner::H2(body) => body.is_end_stream(),
+        }
     }
 
+    #[inline]
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.give_back();
+        match &self.0 {
+            Inner::H1(body) => body.size_hint(),
+            Inner::H2(body) => body.size_hint(),
         }
     }
 }

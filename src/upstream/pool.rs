@@ -11,11 +11,12 @@ use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1::SendRequest, http2};
+use hyper::client::conn::http2;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use super::body::RequestBody;
+use super::h1::Conn;
 
 /// Which connections may serve a request: same endpoint, same transport (`Transport::id`:
 /// 0 for plain, a TLS client's own id otherwise).
@@ -42,7 +43,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -103,13 +104,13 @@ impl Pool {
         })
     }
 
-    /// The most recently used open idle connection for `key`; closed ones are dropped.
-    pub fn take(&self, key: PoolKey) -> Option<SendRequest<RequestBody>> {
+    /// The most recently used usable idle connection for `key`; closed ones are dropped.
+    pub fn take(&self, key: PoolKey) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
-        while let Some(i) = list.pop() {
-            if !i.sender.is_closed() {
-                return Some(i.sender);
+        while let Some(mut i) = list.pop() {
+            if i.conn.is_usable() {
+                return Some(i.conn);
             }
         }
         None
@@ -137,8 +138,8 @@ impl Pool {
 
     /// Return a connection whose response has ended. Over the cap, or idle too long at the
     /// front of the list, the oldest ones are closed.
-    pub fn put(&self, key: PoolKey, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
+    pub fn put(&self, key: PoolKey, conn: Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
@@ -150,7 +151,7 @@ impl Pool {
             .count();
         let over = (list.len() - expired + 1).saturating_sub(self.max_idle);
         list.drain(..expired + over);
-        list.push(Idle { sender, since: now });
+        list.push(Idle { conn, since: now });
     }
 
     /// Idle connections for `key`.
@@ -174,8 +175,8 @@ impl Pool {
             let now = Instant::now();
             let mut idle = pool.idle.borrow_mut();
             for list in idle.values_mut() {
-                list.retain(|i| {
-                    !i.sender.is_closed() && now.duration_since(i.since) < pool.idle_timeout
+                list.retain_mut(|i| {
+                    now.duration_since(i.since) < pool.idle_timeout && i.conn.is_usable()
                 });
             }
             idle.retain(|_, list| !list.is_empty());
@@ -206,13 +207,9 @@ mod tests {
         PoolKey { addr, transport: 0 }
     }
 
-    async fn connection(key: PoolKey) -> SendRequest<RequestBody> {
+    async fn connection(key: PoolKey) -> Conn {
         let tcp = tokio::net::TcpStream::connect(key.addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        sender
+        Conn::new(super::super::h1::Io::Plain(tcp))
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -220,8 +217,8 @@ mod tests {
         let (a, b) = (backend().await, backend().await);
         let pool = Pool::new(2, Duration::from_secs(3600));
         for _ in 0..4 {
-            let sender = connection(a).await;
-            pool.put(a, sender);
+            let conn = connection(a).await;
+            pool.put(a, conn);
         }
         pool.put(b, connection(b).await);
         assert_eq!(pool.idle_count(a), 2, "capped at 2, the oldest closed");

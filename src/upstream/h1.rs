@@ -1,0 +1,893 @@
+//! HTTP/1.1 to a backend, driven by the task that serves the request: no connection task,
+//! no channel, no oneshot. The request head is encoded straight from the `http` types
+//! into one write, the response head is parsed with httparse from the connection's own
+//! read buffer (header values are slices of it, never copies), and the response body
+//! (`Body`) reads the connection as the client's side polls it, while it also finishes
+//! writing a request body that is still streaming (both directions move together, as
+//! they did with hyper's connection task).
+//!
+//! A connection is reused only when both messages ended as their framing said and
+//! nothing asked to close. An idle connection is checked before reuse without a system
+//! call (the reactor's readiness): one the backend closed, or wrote to, is dropped. A
+//! reused connection that the backend closes before a single response byte, under a
+//! request without a body, is the keep-alive race every proxy meets: the request goes
+//! out again on another connection (`Failure::stale`).
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::body::{BodyError, RequestBody};
+use super::pool::{Pool, PoolKey};
+
+/// Header fields a response head may have (hyper's client default).
+const MAX_HEADERS: usize = 100;
+/// Up to this many, where the fields lie is noted on the stack; more take a vector.
+const FEW_HEADERS: usize = 24;
+/// The largest response head (hyper's client default buffer limit).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// A chunk-size line, and a trailer section, may not exceed these.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 64 * 1024;
+/// Room made before a read: small enough for an idle connection to keep, large enough
+/// that a typical response arrives in one read.
+const READ_ROOM: usize = 8192;
+/// Data frames up to this size are copied beside the head or the chunk framing, so they
+/// leave in one write; larger ones are written from their own buffer.
+const COPY_BELOW: usize = 8192;
+
+/// Why an exchange on an HTTP/1.1 connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("connection closed before the end of the response")]
+    Incomplete,
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("connection error")]
+    Io(#[from] io::Error),
+    /// The client's request body failed: its fault, not the backend's.
+    #[error("request body")]
+    Body(#[source] BodyError),
+}
+
+/// A connection's stream: plain TCP or TLS (boxed: the TLS state is large, and the
+/// connection moves between the pool and requests).
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An open HTTP/1.1 connection between exchanges.
+pub struct Conn {
+    io: Io,
+    /// Bytes read and not yet consumed; its room is kept for the next response.
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: Io) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the backend has neither closed it
+    /// nor sent anything since its last response. The reactor's readiness answers without
+    /// a system call; only a readable socket is read (a TLS one may hold a session ticket,
+    /// which is no reason to drop it).
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let tcp = match &self.io {
+            Io::Plain(tcp) => tcp,
+            Io::Tls(tls) => tls.get_ref().0,
+        };
+        match tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                let mut read = ReadBuf::new(&mut byte);
+                // Pending: nothing there after all (or TLS records without data)
+                matches!(
+                    Pin::new(&mut self.io).poll_read(&mut cx, &mut read),
+                    Poll::Pending
+                )
+            }
+        }
+    }
+
+    /// The stream and whatever was read past the 101 response, for a tunnel.
+    pub fn into_upgraded(self) -> (Io, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
+            self.buf.reserve(READ_ROOM);
+        }
+        let read = self.io.read_buf(&mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+}
+
+/// A failed exchange, with what the caller may still do with the request.
+pub struct Failure {
+    pub error: H1Error,
+    /// The request went out on a reused connection that closed before any answer, and
+    /// had no body: send it again on another connection (the backend never saw it, or
+    /// saw a request it may be sent again anyway: the keep-alive race).
+    pub stale: Option<Request<RequestBody>>,
+    /// The head of a request without a body that was written (the backend may have
+    /// seen it), for a retry of a safe method elsewhere.
+    pub written: Option<Parts>,
+}
+
+/// How a response body is delimited (RFC 9112 section 6.3).
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    /// No body, or all of it read.
+    Done,
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// One request's writing side: the head and body still to send.
+struct Writer {
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// A large data frame, written after `wbuf`.
+    data: Option<Bytes>,
+    /// The request body still to read; `None` once its end is encoded.
+    body: Option<RequestBody>,
+    chunked: bool,
+    /// A chunk's closing CRLF, written before the next chunk-size line.
+    crlf_owed: bool,
+    /// The trailer fields the request declared (`Trailer`); only those are sent, as
+    /// hyper does.
+    declared: Option<HeaderValue>,
+    /// Everything written and flushed.
+    done: bool,
+}
+
+impl Writer {
+    /// Encode the head of `parts` (origin-form URI, `Host` set) and settle the body's
+    /// framing the way hyper's client does: the request's own `Content-Length`, else the
+    /// body's exact size, else chunked; GET, HEAD and CONNECT of unknown length send none.
+    fn new(parts: &Parts, body: RequestBody) -> Writer {
+        let mut wbuf = Vec::with_capacity(512);
+        wbuf.extend_from_slice(parts.method.as_str().as_bytes());
+        wbuf.push(b' ');
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        wbuf.extend_from_slice(target.as_bytes());
+        wbuf.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut has_length = false;
+        let mut declared = None;
+        for (name, value) in &parts.headers {
+            if name == header::CONTENT_LENGTH {
+                has_length = true;
+            } else if name == header::TRAILER {
+                declared = Some(value.clone());
+            }
+            wbuf.extend_from_slice(name.as_str().as_bytes());
+            wbuf.extend_from_slice(b": ");
+            wbuf.extend_from_slice(value.as_bytes());
+            wbuf.extend_from_slice(b"\r\n");
+        }
+        let mut chunked = false;
+        let body = if body.is_end_stream() {
+            None
+        } else if has_length {
+            Some(body)
+        } else if let Some(n) = body.size_hint().exact() {
+            wbuf.extend_from_slice(b"content-length: ");
+            push_decimal(&mut wbuf, n);
+            wbuf.extend_from_slice(b"\r\n");
+            Some(body)
+        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+            None
+        } else {
+            wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            chunked = true;
+            Some(body)
+        };
+        wbuf.extend_from_slice(b"\r\n");
+        Writer {
+            wbuf,
+            wpos: 0,
+            data: None,
+            body,
+            chunked,
+            crlf_owed: false,
+            declared: declared.filter(|_| chunked),
+            done: false,
+        }
+    }
+
+    /// Write what is ready; `Ready(Ok)` once the whole request is written and flushed.
+    fn poll_write(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+        loop {
+            // gather what the body has ready, so it leaves in as few writes as it can
+            while self.data.is_none() && self.wbuf.len() - self.wpos < 4 * COPY_BELOW {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(frame))) => self.encode(frame),
+                    Poll::Ready(None) => self.end(None),
+                    Poll::Ready(Some(Err(e))) => {
+                        self.body = None;
+                        return Poll::Ready(Err(H1Error::Body(e)));
+                    }
+                }
+            }
+            let mut wrote = false;
+            while self.wpos < self.wbuf.len() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                self.wpos += n;
+                wrote = true;
+            }
+            self.wbuf.clear();
+            self.wpos = 0;
+            if let Some(data) = self.data.as_mut() {
+                while !data.is_empty() {
+                    let n = ready!(Pin::new(&mut *io).poll_write(cx, data))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                    }
+                    data.advance(n);
+                }
+                self.data = None;
+                wrote = true;
+            }
+            if self.body.is_none() {
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if !wrote {
+                // the body is not ready: what was written goes out (TLS) while it waits
+                if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
+                    return Poll::Ready(Err(e.into()));
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn encode(&mut self, frame: Frame<Bytes>) {
+        match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    return;
+                }
+                if self.chunked {
+                    if std::mem::take(&mut self.crlf_owed) {
+                        self.wbuf.extend_from_slice(b"\r\n");
+                    }
+                    push_hex(&mut self.wbuf, data.len());
+                    self.wbuf.extend_from_slice(b"\r\n");
+                    self.crlf_owed = true;
+                }
+                if data.len() < COPY_BELOW {
+                    self.wbuf.extend_from_slice(&data);
+                } else {
+                    self.data = Some(data);
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    self.end(Some(trailers));
+                }
+            }
+        }
+    }
+
+    /// The body's end: the last chunk and the declared trailer fields when chunked.
+    fn end(&mut self, trailers: Option<HeaderMap>) {
+        self.body = None;
+        if !self.chunked {
+            return;
+        }
+        if std::mem::take(&mut self.crlf_owed) {
+            self.wbuf.extend_from_slice(b"\r\n");
+        }
+        self.wbuf.extend_from_slice(b"0\r\n");
+        if let (Some(trailers), Some(declared)) = (trailers, &self.declared) {
+            for (name, value) in &trailers {
+                if declares(declared, name) && trailer_allowed(name) {
+                    self.wbuf.extend_from_slice(name.as_str().as_bytes());
+                    self.wbuf.extend_from_slice(b": ");
+                    self.wbuf.extend_from_slice(value.as_bytes());
+                    self.wbuf.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        self.wbuf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `Trailer: a, b` lists `name`.
+fn declares(declared: &HeaderValue, name: &HeaderName) -> bool {
+    declared.as_bytes().split(|b| *b == b',').any(|t| {
+        t.trim_ascii()
+            .eq_ignore_ascii_case(name.as_str().as_bytes())
+    })
+}
+
+/// Fields a trailer section may not carry (RFC 9110 section 6.5.1: framing, routing,
+/// controls).
+fn trailer_allowed(name: &HeaderName) -> bool {
+    ![
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::HOST,
+        header::TRAILER,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::EXPECT,
+        header::TE,
+        header::CONNECTION,
+    ]
+    .contains(name)
+}
+
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789ABCDEF"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// One exchange on `conn`: write the request and read the response head, both at once
+/// (a backend may answer before the request body ends). `reused`: the connection served
+/// an earlier request.
+pub async fn send(
+    mut conn: Conn,
+    req: Request<RequestBody>,
+    reused: bool,
+) -> Result<Response<Body>, Failure> {
+    let (parts, body) = req.into_parts();
+    let bodiless = body.is_end_stream();
+    let mut writer = Writer::new(&parts, body);
+    let head = parts.method == Method::HEAD;
+    let mut write_error = None;
+    let mut read_any = false;
+    let polled = std::future::poll_fn(|cx| {
+        if !writer.done && write_error.is_none() {
+            match writer.poll_write(&mut conn.io, cx) {
+                Poll::Ready(Err(H1Error::Body(e))) => return Poll::Ready(Err(H1Error::Body(e))),
+                // the backend may have answered and closed: read what it said
+                Poll::Ready(Err(e)) => write_error = Some(e),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        poll_head(&mut conn, cx, head, &mut read_any)
+    })
+    .await;
+    let fail = |error: H1Error, parts: Parts| {
+        let closed =
+            matches!(error, H1Error::Closed) || matches!(&error, H1Error::Io(e) if is_reset(e));
+        if reused && bodiless && !read_any && closed {
+            return Failure {
+                error,
+                stale: Some(Request::from_parts(parts, RequestBody::empty())),
+                written: None,
+            };
+        }
+        Failure {
+            error,
+            stale: None,
+            written: bodiless.then_some(parts),
+        }
+    };
+    let (resp, framing, keep_alive) = match polled {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let error = match (error, write_error) {
+                (H1Error::Closed, Some(w)) => w,
+                (e, _) => e,
+            };
+            return Err(fail(error, parts));
+        }
+    };
+    let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let reusable = keep_alive && write_error.is_none() && !upgrade;
+    Ok(resp.map(|()| Body {
+        conn: Some(conn),
+        writer,
+        framing,
+        reusable,
+        back: None,
+    }))
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+type Head = (Response<()>, Framing, bool);
+
+/// Read until a final response head is parsed (1xx interim responses other than 101 are
+/// skipped); the body stays in the buffer.
+fn poll_head(
+    conn: &mut Conn,
+    cx: &mut Context<'_>,
+    head_request: bool,
+    read_any: &mut bool,
+) -> Poll<Result<Head, H1Error>> {
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(parsed) = parse_head(&mut conn.buf, head_request)? {
+                return Poll::Ready(Ok(parsed));
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Poll::Ready(Err(H1Error::HeadTooLarge));
+            }
+        }
+        let n = ready!(conn.poll_fill(cx))?;
+        if n == 0 {
+            return Poll::Ready(Err(if *read_any {
+                H1Error::Incomplete
+            } else {
+                H1Error::Closed
+            }));
+        }
+        *read_any = true;
+    }
+}
+
+/// A final response head from the front of `buf`, taken off it; `None` while incomplete
+/// (or after an interim response, which is dropped).
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
+    // uninitialised: zeroing room for 100 fields would cost more than parsing them
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::Invalid("too many header fields"))
+        }
+        Err(_) => return Err(H1Error::Invalid("malformed head")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let minor = parsed.version;
+    // where each field lies in the head: the head is split off the buffer below, and
+    // the values become slices of it
+    let base = buf.as_ptr() as usize;
+    let count = parsed.headers.len();
+    let mut small = [(0u32, 0u32, 0u32, 0u32); FEW_HEADERS];
+    let mut many = Vec::new();
+    let at: &mut [(u32, u32, u32, u32)] = if count <= FEW_HEADERS {
+        &mut small[..count]
+    } else {
+        many.resize(count, (0, 0, 0, 0));
+        &mut many
+    };
+    // offsets fit: the head is at most MAX_HEAD bytes
+    for (slot, field) in at.iter_mut().zip(parsed.headers.iter()) {
+        *slot = (
+            (field.name.as_ptr() as usize - base) as u32,
+            field.name.len() as u32,
+            (field.value.as_ptr() as usize - base) as u32,
+            field.value.len() as u32,
+        );
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("bad status code"))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        buf.advance(len);
+        return Ok(None);
+    }
+    let version = if minor == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for &(name_at, name_len, value_at, value_len) in &*at {
+        let (name_at, value_at) = (name_at as usize, value_at as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
+            .map_err(|_| H1Error::Invalid("bad header name"))?;
+        let value = head.slice(value_at..value_at + value_len as usize);
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| H1Error::Invalid("bad header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // the last coding decides (RFC 9112 section 6.3)
+            chunked = Some(
+                value
+                    .as_bytes()
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            let close = value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            keep_alive &= !close;
+        }
+        headers.append(name, value);
+    }
+    let no_body = head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS;
+    let framing = if no_body {
+        Framing::Done
+    } else if let Some(chunked) = chunked {
+        // Transfer-Encoding overrides Content-Length, which must not reach the client
+        headers.remove(header::CONTENT_LENGTH);
+        if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        }
+    } else if let Some(n) = length {
+        if n == 0 {
+            Framing::Done
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        Framing::Close
+    };
+    if matches!(framing, Framing::Close) {
+        keep_alive = false;
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some((resp, framing, keep_alive)))
+}
+
+fn parse_length(v: &[u8]) -> Result<u64, H1Error> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(H1Error::Invalid("bad content-length"));
+    }
+    Ok(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Read more into the connection's buffer, then go round the decoder's loop again; a
+/// connection closed mid-body is an incomplete response.
+macro_rules! fill {
+    ($conn:expr, $cx:expr) => {
+        match $conn.poll_fill($cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(H1Error::Incomplete))),
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+        }
+    };
+}
+
+/// Where a connection goes when its exchange ended cleanly: the worker's pool, under
+/// its key.
+pub type GiveBack = (Rc<Pool>, PoolKey);
+
+/// A response body read from its connection as it is polled. When it ends cleanly the
+/// connection goes to `back` (the pool); dropped before, the connection closes.
+pub struct Body {
+    conn: Option<Conn>,
+    writer: Writer,
+    framing: Framing,
+    /// Both messages allow the connection to carry another exchange.
+    reusable: bool,
+    back: Option<GiveBack>,
+}
+
+impl Body {
+    /// Send the connection to `back` when the exchange ends cleanly.
+    pub fn give_back_to(&mut self, back: GiveBack) {
+        self.back = Some(back);
+        self.maybe_done();
+    }
+
+    /// The connection of a 101 response, for the tunnel.
+    pub fn take_upgrade(&mut self) -> Option<Conn> {
+        self.back = None;
+        self.conn.take()
+    }
+
+    /// The exchange ended: the connection goes back, or closes.
+    fn maybe_done(&mut self) {
+        if !matches!(self.framing, Framing::Done) {
+            return;
+        }
+        if !self.writer.done {
+            // the backend answered all before the request ended: what is left of the
+            // request is never sent, so the connection cannot be reused
+            if self.writer.body.is_some() || self.writer.wpos < self.writer.wbuf.len() {
+                self.reusable = false;
+            } else if let Some(conn) = self.conn.as_mut() {
+                // all of it written but not yet flushed: flush without waiting
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                self.reusable &= matches!(
+                    Pin::new(&mut conn.io).poll_flush(&mut cx),
+                    Poll::Ready(Ok(()))
+                );
+            }
+        }
+        if self.reusable {
+            if let (Some((pool, key)), Some(conn)) = (self.back.take(), self.conn.take()) {
+                pool.put(key, conn);
+            }
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if !self.writer.done && self.reusable {
+            match self.writer.poll_write(&mut conn.io, cx) {
+                Poll::Ready(Err(e @ H1Error::Body(_))) => return Poll::Ready(Some(Err(e))),
+                // the response may still arrive whole; the connection is done for
+                Poll::Ready(Err(_)) => self.reusable = false,
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        loop {
+            match self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(H1Error::Incomplete)));
+                    }
+                    let n = (conn.buf.len() as u64).min(left);
+                    self.framing = if n == left {
+                        Framing::Done
+                    } else {
+                        Framing::Length(left - n)
+                    };
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {
+                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(eol) = memchr::memchr(b'\n', &conn.buf) else {
+                        if conn.buf.len() > MAX_CHUNK_LINE {
+                            return Poll::Ready(Some(Err(H1Error::Invalid("chunk size line"))));
+                        }
+                        fill!(conn, cx);
+                    };
+                    let size = parse_chunk_size(&conn.buf[..eol])?;
+                    conn.buf.advance(eol + 1);
+                    self.framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if conn.buf.is_empty() {
+                        fill!(conn, cx);
+                    }
+                    let n = (conn.buf.len() as u64).min(left);
+                    self.framing = Framing::Chunked(if n == left {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() < 2 {
+                        fill!(conn, cx);
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(H1Error::Invalid("chunk data"))));
+                    }
+                    conn.buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let parsed = httparse::parse_headers(&conn.buf, &mut fields);
+                    let (len, trailers) = match parsed {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut map = HeaderMap::new();
+                            for f in fields.iter() {
+                                let name = HeaderName::from_bytes(f.name.as_bytes());
+                                let value = HeaderValue::from_bytes(f.value);
+                                if let (Ok(name), Ok(value)) = (name, value) {
+                                    map.append(name, value);
+                                }
+                            }
+                            (len, map)
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if conn.buf.len() > MAX_TRAILERS {
+                                return Poll::Ready(Some(Err(H1Error::Invalid("trailers"))));
+                            }
+                            fill!(conn, cx);
+                        }
+                        Err(_) => return Poll::Ready(Some(Err(H1Error::Invalid("trailers")))),
+                    };
+                    conn.buf.advance(len);
+                    self.framing = Framing::Done;
+                    if !trailers.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = &line[digits..];
+    // after the size: nothing, or whitespace and/or a chunk extension
+    let rest_ok = rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t');
+    if digits == 0 || digits > 16 || !rest_ok {
+        return Err(H1Error::Invalid("chunk size"));
+    }
+    let mut n = 0u64;
+    for d in &line[..digits] {
+        let v = (*d as char).to_digit(16).unwrap_or(0);
+        n = n << 4 | u64::from(v);
+    }
+    Ok(n)
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let polled = self.poll_data(cx);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => {
+                self.conn = None;
+                self.framing = Framing::Done;
+            }
+            Poll::Ready(_) => self.maybe_done(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
