@@ -242,7 +242,7 @@ impl Forward<'_> {
             if let (Some(client_side), Some(upstream_side)) = (downstream_upgrade, upstream_side) {
                 tokio::spawn(tunnel(client_side, upstream_side));
             }
-        } else {
+        } else if !resp.body().hop_by_hop_gone() {
             strip_hop_by_hop(resp.headers_mut());
         }
         if self.table.expose_backend {
@@ -476,7 +476,7 @@ const CONNECTION_BIT: u16 = 1;
 /// The hop-by-hop set of RFC 9110 section 7.6.1 besides `Connection`, and the proxy
 /// credentials of the hop (`Proxy-Authorization`, `Proxy-Authenticate`), with bits 1..=7.
 /// Removed from requests and from responses.
-static HOP_BY_HOP: [&HeaderName; 7] = [
+pub(crate) static HOP_BY_HOP: [&HeaderName; 7] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::TE,

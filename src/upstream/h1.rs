@@ -477,7 +477,7 @@ pub async fn send(
             written: bodiless.then_some(parts),
         }
     };
-    let (resp, framing, keep_alive) = match polled {
+    let (resp, framing, keep_alive, hop_by_hop_gone) = match polled {
         Ok(parsed) => parsed,
         Err(error) => {
             let error = match (error, write_error) {
@@ -494,6 +494,7 @@ pub async fn send(
         writer,
         framing,
         reusable,
+        hop_by_hop_gone,
         back: None,
     }))
 }
@@ -508,7 +509,9 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-type Head = (Response<()>, Framing, bool);
+/// A response head, its body's framing, whether the connection may carry another
+/// exchange, and whether the hop-by-hop fields are already gone.
+type Head = (Response<()>, Framing, bool, bool);
 
 /// Read until a final response head is parsed (1xx interim responses other than 101 are
 /// skipped); the body stays in the buffer.
@@ -592,6 +595,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     let mut keep_alive = version == Version::HTTP_11;
     let mut length: Option<u64> = None;
     let mut chunked = None;
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    // `Connection` names fields besides its usual tokens
+    let mut nominates = false;
     for &(name_at, name_len, value_at, value_len) in &*at {
         let (name_at, value_at) = (name_at as usize, value_at as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
@@ -615,11 +621,26 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
         } else if name == header::CONNECTION {
-            let close = value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-            keep_alive &= !close;
+            for t in value.as_bytes().split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+                {
+                    nominates = true;
+                }
+            }
+            // kept only when it names other fields: the proxy then strips them all
+            if !upgrade && !nominates {
+                continue;
+            }
+        }
+        // hop-by-hop (RFC 9110 section 7.6.1): never appended, so never removed; a 101
+        // keeps its own for the client
+        if !upgrade && crate::proxy::HOP_BY_HOP.contains(&&name) {
+            continue;
         }
         headers.append(name, value);
     }
@@ -653,7 +674,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
-    Ok(Some((resp, framing, keep_alive)))
+    Ok(Some((resp, framing, keep_alive, !nominates)))
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, H1Error> {
@@ -688,6 +709,8 @@ pub struct Body {
     framing: Framing,
     /// Both messages allow the connection to carry another exchange.
     reusable: bool,
+    /// The head came without hop-by-hop fields (the parser left them out).
+    hop_by_hop_gone: bool,
     back: Option<GiveBack>,
 }
 
@@ -696,6 +719,11 @@ impl Body {
     pub fn give_back_to(&mut self, back: GiveBack) {
         self.back = Some(back);
         self.maybe_done();
+    }
+
+    /// The response head holds no hop-by-hop field: the proxy need not look for them.
+    pub fn hop_by_hop_gone(&self) -> bool {
+        self.hop_by_hop_gone
     }
 
     /// The connection of a 101 response, for the tunnel.

@@ -389,6 +389,14 @@ enum Inner {
 }
 
 impl UpstreamBody {
+    /// The head holds no hop-by-hop field (the HTTP/1.1 parser leaves them out).
+    pub fn hop_by_hop_gone(&self) -> bool {
+        match &self.0 {
+            Inner::H1(body) => body.hop_by_hop_gone(),
+            Inner::H2(_) => false,
+        }
+    }
+
     /// The connection of an HTTP/1.1 101 response and what was read past the response,
     /// for the tunnel; it never comes back to the pool.
     pub fn take_upgrade(&mut self) -> Option<(h1::Io, Bytes)> {
