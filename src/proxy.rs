@@ -282,7 +282,7 @@ impl Forward<'_> {
                         .answered(self.slot, self.endpoint, status, od, &table.health);
                     return Ok(resp);
                 }
-                Err(e) => e,
+                Err(e) => *e,
             };
             let service = || self.backend.service.clone();
             if let Some(body) = error.body_error() {

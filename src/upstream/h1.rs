@@ -442,7 +442,7 @@ pub async fn send(
     mut conn: Conn,
     req: Request<RequestBody>,
     reused: bool,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Box<Failure>> {
     let (parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
     let mut writer = Writer::new(&parts, body);
@@ -465,17 +465,17 @@ pub async fn send(
         let closed =
             matches!(error, H1Error::Closed) || matches!(&error, H1Error::Io(e) if is_reset(e));
         if reused && bodiless && !read_any && closed {
-            return Failure {
+            return Box::new(Failure {
                 error,
                 stale: Some(Request::from_parts(parts, RequestBody::empty())),
                 written: None,
-            };
+            });
         }
-        Failure {
+        Box::new(Failure {
             error,
             stale: None,
             written: bodiless.then_some(parts),
-        }
+        })
     };
     let (resp, framing, keep_alive, hop_by_hop_gone) = match polled {
         Ok(parsed) => parsed,
@@ -489,6 +489,9 @@ pub async fn send(
     };
     let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let reusable = keep_alive && write_error.is_none() && !upgrade;
+    // boxed, and only while the request is still being written: the response moves
+    // through several hands, and a small one is cheap to move
+    let writer = (!writer.done && write_error.is_none()).then(|| Box::new(writer));
     Ok(resp.map(|()| Body {
         conn: Some(conn),
         writer,
@@ -705,7 +708,8 @@ pub type GiveBack = (Rc<Pool>, PoolKey);
 /// connection goes to `back` (the pool); dropped before, the connection closes.
 pub struct Body {
     conn: Option<Conn>,
-    writer: Writer,
+    /// The rest of a request body that was still streaming when the response began.
+    writer: Option<Box<Writer>>,
     framing: Framing,
     /// Both messages allow the connection to carry another exchange.
     reusable: bool,
@@ -737,10 +741,11 @@ impl Body {
         if !matches!(self.framing, Framing::Done) {
             return;
         }
-        if !self.writer.done {
+        if let Some(writer) = &self.writer {
             // the backend answered all before the request ended: what is left of the
             // request is never sent, so the connection cannot be reused
-            if self.writer.body.is_some() || self.writer.wpos < self.writer.wbuf.len() {
+            if writer.body.is_some() || writer.data.is_some() || writer.wpos < writer.wbuf.len()
+            {
                 self.reusable = false;
             } else if let Some(conn) = self.conn.as_mut() {
                 // all of it written but not yet flushed: flush without waiting
@@ -762,12 +767,16 @@ impl Body {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        if !self.writer.done && self.reusable {
-            match self.writer.poll_write(&mut conn.io, cx) {
+        if let Some(writer) = self.writer.as_mut() {
+            match writer.poll_write(&mut conn.io, cx) {
                 Poll::Ready(Err(e @ H1Error::Body(_))) => return Poll::Ready(Some(Err(e))),
                 // the response may still arrive whole; the connection is done for
-                Poll::Ready(Err(_)) => self.reusable = false,
-                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Err(_)) => {
+                    self.writer = None;
+                    self.reusable = false;
+                }
+                Poll::Ready(Ok(())) => self.writer = None,
+                Poll::Pending => {}
             }
         }
         loop {

@@ -133,7 +133,7 @@ impl Upstream {
         connect_timeout: Duration,
         te_trailers: bool,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<UpstreamBody>, Box<SendError>> {
         let key = PoolKey {
             addr,
             transport: transport.id(),
@@ -149,11 +149,11 @@ impl Upstream {
                 None => match connect(transport, addr, connect_timeout).await {
                     Ok(conn) => (conn, false),
                     Err(error) => {
-                        return Err(SendError {
+                        return Err(Box::new(SendError {
                             error,
                             unsent: Some(req),
                             written: None,
-                        })
+                        }))
                     }
                 },
             };
@@ -165,16 +165,18 @@ impl Upstream {
                     }))
                 }
                 // the keep-alive race: once more, on the next idle connection or a new one
-                Err(h1::Failure {
-                    stale: Some(again), ..
-                }) => req = again,
-                Err(failure) => {
-                    return Err(SendError {
-                        error: UpstreamError::H1(failure.error),
-                        unsent: None,
-                        written: failure.written,
-                    })
-                }
+                Err(failure) => match *failure {
+                    h1::Failure {
+                        stale: Some(again), ..
+                    } => req = again,
+                    h1::Failure { error, written, .. } => {
+                        return Err(Box::new(SendError {
+                            error: UpstreamError::H1(error),
+                            unsent: None,
+                            written,
+                        }))
+                    }
+                },
             }
         }
     }
@@ -189,7 +191,7 @@ impl Upstream {
         timeout: Duration,
         te_trailers: bool,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<UpstreamBody>, Box<SendError>> {
         h2_form(&mut req, transport.tls.is_some(), key.addr, te_trailers);
         let mut retried = false;
         loop {
@@ -206,11 +208,11 @@ impl Upstream {
                         sender
                     }
                     Err(error) => {
-                        return Err(SendError {
+                        return Err(Box::new(SendError {
                             error,
                             unsent: Some(h1_form(req, te_trailers)),
                             written: None,
-                        })
+                        }))
                     }
                 },
             };
@@ -223,11 +225,11 @@ impl Upstream {
                         req = unsent;
                     }
                     unsent => {
-                        return Err(SendError {
+                        return Err(Box::new(SendError {
                             unsent: unsent.map(|r| h1_form(r, te_trailers)),
                             error: e.into_error().into(),
                             written: None,
-                        })
+                        }))
                     }
                 },
             }
