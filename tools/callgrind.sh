@@ -23,6 +23,9 @@
 #                 TCP path of both hops: the floor the kernel sets.
 #
 #   bash tools/callgrind.sh [BINARY] [plain|mtls|plain,mtls] [--peers nginx,haproxy,splitproxy]
+#                           [--top N]
+#     --top N  also list each proxy's N costliest functions (callgrind self cost per request,
+#              the difference of the two runs, from callgrind_annotate)
 #     BINARY   splitproxy release binary (default target/release/splitproxy); only needed
 #              when splitproxy is among the peers
 #     needs    valgrind, perf (linux-perf), taskset, nginx, haproxy, and the bench set up
@@ -78,11 +81,14 @@ die() { echo "callgrind.sh: $*" >&2; exit 1; }
 bin=$root/target/release/splitproxy
 modes=plain
 peers=nginx,haproxy,splitproxy
+top=0
 positional=()
 while (($#)); do
   case $1 in
     --peers) peers=${2:?--peers needs a list}; shift 2 ;;
     --peers=*) peers=${1#--peers=}; shift ;;
+    --top) top=${2:?--top needs a number}; shift 2 ;;
+    --top=*) top=${1#--top=}; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "callgrind.sh: unknown option $1" >&2; exit 2 ;;
     *) positional+=("$1"); shift ;;
@@ -103,6 +109,7 @@ cpu_n=${CG_CPU_N:-100000}
 vg_timeout=${CG_VALGRIND_TIMEOUT:-120}
 mtls_small=${CG_MTLS_SMALL:-1000}
 mtls_large=${CG_MTLS_LARGE:-11000}
+[[ $top =~ ^[0-9]+$ ]] || { echo "callgrind.sh: --top needs a number" >&2; exit 2; }
 ((large > small && mtls_large > mtls_small)) || { echo "callgrind.sh: CG_LARGE must exceed CG_SMALL" >&2; exit 2; }
 
 # --- tools -------------------------------------------------------------------------------
@@ -234,6 +241,35 @@ instructions() { # N: sets TOTAL, the user-space instructions of the proxy servi
   [[ $TOTAL =~ ^[0-9]+$ ]] || die "no callgrind totals for $peer $mode ($n requests); see $tmp/valgrind.$peer.$mode.$n.log (CG_KEEP=1)"
 }
 
+top_functions() { # SMALL-FILE LARGE-FILE REQUESTS: the TOP functions by self cost per request
+  local a=$1 b=$2 n=$3
+  command -v callgrind_annotate >/dev/null || { echo "(no callgrind_annotate: --top skipped)"; return 0; }
+  callgrind_annotate --threshold=100 --auto=no "$a" >"$a.txt" 2>/dev/null || return 0
+  callgrind_annotate --threshold=100 --auto=no "$b" >"$b.txt" 2>/dev/null || return 0
+  "$BENCH_PYTHON" - "$a.txt" "$b.txt" "$n" "$top" <<'PY'
+import re, sys
+line = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(.*\S)\s*$")
+def costs(path):
+    out = {}
+    for l in open(path, errors="replace"):
+        m = line.match(l)
+        if not m or m.group(2) == "PROGRAM TOTALS":
+            continue
+        key = m.group(2)
+        # "file:function [object]" -> "function [object]" (Rust paths hold "::", files do not)
+        m2 = re.match(r"^(.*?[^:]):(?!:)(.*)$", key)
+        if m2:
+            key = m2.group(2)
+        out[key] = out.get(key, 0) + int(m.group(1).replace(",", ""))
+    return out
+small, large = costs(sys.argv[1]), costs(sys.argv[2])
+n, top = int(sys.argv[3]), int(sys.argv[4])
+diff = sorted(((large.get(k, 0) - small.get(k, 0)) / n, k) for k in set(small) | set(large))
+for per, k in sorted(diff, reverse=True)[:top]:
+    print(f"| {per:8.0f} | `{k}` |")
+PY
+}
+
 cpu_ticks() { # PID -> "utime stime" in clock ticks, all threads of the process
   local line
   line=$(<"/proc/$1/stat")
@@ -285,6 +321,7 @@ group() { # 1234567 -> 1 234 567 (as the README writes figures)
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 rows=()
+tops=()
 details=()
 mtls_note=""
 for mode in "${modes[@]}"; do
@@ -307,6 +344,11 @@ for mode in "${modes[@]}"; do
     instructions "$n_lo"; lo=$TOTAL
     instructions "$n_hi"; hi=$TOTAL
     ipr=$(( (hi - lo) / (n_hi - n_lo) ))
+    if ((top > 0)); then
+      tops+=("" "Top $top functions of $peer ($mode) by self cost, instructions per request:" ""
+        "| instr/req | function |" "| ---: | --- |"
+        "$(top_functions "$tmp/cg.$peer.$mode.$n_lo" "$tmp/cg.$peer.$mode.$n_hi" "$((n_hi - n_lo))")")
+    fi
     native
     total_us=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { printf "%.1f", u + k }')
     share=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { if (u + k > 0) printf "%.0f%%", 100 * u / (u + k); else print "-" }')
@@ -321,8 +363,8 @@ echo "Per proxied request: splitload -c 64, keep-alive, split 50/50, one worker 
 echo "instr/req: callgrind, (total($large) - total($small)) / $((large - small)) requests$mtls_note; syscalls/req: perf stat"
 echo "over $syscall_n requests; CPU: utime and stime (/proc/PID/stat) over $cpu_n requests, native, the proxy"
 echo "on CPU $BENCH_PROXY_CPU and the load generator and backends on CPU $BENCH_CLIENT_CPU. Load average $load_start at the"
-echo "start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($SECONDS s): counts rise for every proxy on a busy machine"
-echo "(fewer ready events per wake-up), so compare rows of one run."
+echo "start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($SECONDS s). Other programs on the machine move every figure"
+echo "(callgrind's too: the wake-ups differ), so compare rows of one run."
 echo
 echo "| proxy | mode | user instr/req | syscalls/req | CPU µs/req | user µs | kernel µs | user | kernel | req/s (native) |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -333,3 +375,5 @@ if ((${#breakdown[@]})); then
   echo "| --- | --- | --- |"
   printf '%s\n' "${details[@]}"
 fi
+((${#tops[@]})) && printf '%s\n' "${tops[@]}"
+exit 0
