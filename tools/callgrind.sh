@@ -250,23 +250,30 @@ top_functions() { # SMALL-FILE LARGE-FILE REQUESTS: the TOP functions by self co
 import re, sys
 line = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(.*\S)\s*$")
 def costs(path):
-    out = {}
+    out, objs = {}, {}
     for l in open(path, errors="replace"):
         m = line.match(l)
         if not m or m.group(2) == "PROGRAM TOTALS":
             continue
         key = m.group(2)
-        # "file:function [object]" -> "function [object]" (Rust paths hold "::", files do not)
+        # "file:function [object]" -> "function": callgrind lists code inlined from other
+        # files under the same function once per file, with or without the object
         m2 = re.match(r"^(.*?[^:]):(?!:)(.*)$", key)
         if m2:
             key = m2.group(2)
+        m3 = re.match(r"^(.*?) \[(.*)\]$", key)
+        if m3:
+            key = m3.group(1)
+            objs[key] = m3.group(2).rsplit("/", 1)[-1]
         out[key] = out.get(key, 0) + int(m.group(1).replace(",", ""))
-    return out
-small, large = costs(sys.argv[1]), costs(sys.argv[2])
+    return out, objs
+(small, o1), (large, o2) = costs(sys.argv[1]), costs(sys.argv[2])
+objs = {**o1, **o2}
 n, top = int(sys.argv[3]), int(sys.argv[4])
 diff = sorted(((large.get(k, 0) - small.get(k, 0)) / n, k) for k in set(small) | set(large))
 for per, k in sorted(diff, reverse=True)[:top]:
-    print(f"| {per:8.0f} | `{k}` |")
+    obj = f" ({objs[k]})" if k in objs else ""
+    print(f"| {per:.0f} | `{k}`{obj} |")
 PY
 }
 
