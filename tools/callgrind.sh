@@ -34,7 +34,9 @@
 # CG_MTLS_LARGE for nginx and HAProxy in mTLS, default 1000 / 11000: OpenSSL under
 # valgrind is slow, and both runs shrink alike so start-up still cancels), CG_SYSCALL_N
 # (default 20000), CG_CPU_N (default 100000), CG_VALGRIND_TIMEOUT (s, default 120), and the
-# bench's BENCH_* settings (ports, CPUs: lib/env.sh). Generated configs, logs and callgrind
+# bench's BENCH_* settings (ports, CPUs: lib/env.sh). Before each proxy it waits while other
+# programs keep more than CG_MAX_FOREIGN cores busy (default 0.15), CG_QUIET_BUDGET seconds
+# in the whole run at most (default 60), and reports what was left ("other load"). Generated configs, logs and callgrind
 # files go under a mktemp folder (removed on exit; CG_KEEP=1 keeps it and says where). The
 # backends are the bench's (backends.sh): reused when already running under $BENCH_STATE,
 # else started under the temporary folder and stopped on exit. Every process this script
@@ -277,6 +279,30 @@ for per, k in sorted(diff, reverse=True)[:top]:
 PY
 }
 
+busy_cores() { # how many cores the machine kept busy over the next 0.5 s (all programs)
+  local l0 l1
+  l0=$(head -n 1 /proc/stat); sleep 0.5; l1=$(head -n 1 /proc/stat)
+  awk -v a="$l0" -v b="$l1" -v n="$(nproc)" 'BEGIN {
+    split(a, x); split(b, y); busy = 0; all = 0
+    for (i = 2; i <= 9; i++) { d = y[i] - x[i]; all += d; if (i != 5 && i != 6) busy += d }
+    printf "%.2f", (all > 0 ? n * busy / all : 0) }'
+}
+
+# quiet: before each proxy, wait (out of CG_QUIET_BUDGET seconds for the whole run) while
+# other programs keep more than CG_MAX_FOREIGN cores busy; OTHER = what was left busy
+quiet_left=${CG_QUIET_BUDGET:-60}
+quiet() {
+  local t0=$SECONDS
+  OTHER=$(busy_cores)
+  while awk -v b="$OTHER" -v m="${CG_MAX_FOREIGN:-0.15}" 'BEGIN { exit !(b > m) }' &&
+    ((SECONDS - t0 < quiet_left)); do
+    sleep 1
+    OTHER=$(busy_cores)
+  done
+  quiet_left=$((quiet_left - (SECONDS - t0)))
+  ((quiet_left > 0)) || quiet_left=0
+}
+
 cpu_ticks() { # PID -> "utime stime" in clock ticks, all threads of the process
   local line
   line=$(<"/proc/$1/stat")
@@ -340,7 +366,8 @@ for mode in "${modes[@]}"; do
   fi
   for peer in "${peers[@]}"; do
     proxy_cmd "$peer" "$mode"
-    echo "callgrind.sh: $peer $mode (at ${SECONDS}s) ..." >&2
+    quiet
+    echo "callgrind.sh: $peer $mode (at ${SECONDS}s; other programs busy: $OTHER cores) ..." >&2
     n_lo=$small n_hi=$large
     # OpenSSL's TLS under valgrind is what makes a full run slow: nginx and HAProxy count
     # half as many requests in mTLS (both runs shrink, so start-up still cancels out)
@@ -360,7 +387,7 @@ for mode in "${modes[@]}"; do
     total_us=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { printf "%.1f", u + k }')
     share=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { if (u + k > 0) printf "%.0f%%", 100 * u / (u + k); else print "-" }')
     kshare=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { if (u + k > 0) printf "%.0f%%", 100 * k / (u + k); else print "-" }')
-    rows+=("| $peer | $mode | $(group "$ipr") | $SYS | $total_us | $USER_US | $KERN_US | $share | $kshare | $(group "$RPS") |")
+    rows+=("| $peer | $mode | $(group "$ipr") | $SYS | $total_us | $USER_US | $KERN_US | $share | $kshare | $(group "$RPS") | $OTHER |")
     details+=("| $peer | $mode | ${BREAK:-(not traced)} |")
   done
 done
@@ -371,10 +398,11 @@ echo "instr/req: callgrind, (total($large) - total($small)) / $((large - small))
 echo "over $syscall_n requests; CPU: utime and stime (/proc/PID/stat) over $cpu_n requests, native, the proxy"
 echo "on CPU $BENCH_PROXY_CPU and the load generator and backends on CPU $BENCH_CLIENT_CPU. Load average $load_start at the"
 echo "start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($SECONDS s). Other programs on the machine move every figure"
-echo "(callgrind's too: the wake-ups differ), so compare rows of one run."
+echo "(callgrind's too: the wake-ups differ), so compare rows of one run; other load = cores other programs kept busy"
+echo "just before that proxy's runs (each waits for < ${CG_MAX_FOREIGN:-0.15}, ${CG_QUIET_BUDGET:-60} s in all at most)."
 echo
-echo "| proxy | mode | user instr/req | syscalls/req | CPU µs/req | user µs | kernel µs | user | kernel | req/s (native) |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| proxy | mode | user instr/req | syscalls/req | CPU µs/req | user µs | kernel µs | user | kernel | req/s (native) | other load |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 printf '%s\n' "${rows[@]}"
 if ((${#breakdown[@]})); then
   echo
