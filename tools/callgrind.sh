@@ -23,7 +23,9 @@
 #                 TCP path of both hops: the floor the kernel sets.
 #
 #   bash tools/callgrind.sh [BINARY] [plain|mtls|plain,mtls] [--peers nginx,haproxy,splitproxy]
-#                           [--top N]
+#                           [--top N] [--native-only]
+#     --native-only  skip callgrind: only the native figures (system calls, CPU split), e.g.
+#              to repeat them when the machine is quieter
 #     --top N  also list each proxy's N costliest functions (callgrind self cost per request,
 #              the difference of the two runs, from callgrind_annotate)
 #     BINARY   splitproxy release binary (default target/release/splitproxy); only needed
@@ -84,11 +86,13 @@ bin=$root/target/release/splitproxy
 modes=plain
 peers=nginx,haproxy,splitproxy
 top=0
+native_only=0
 positional=()
 while (($#)); do
   case $1 in
     --peers) peers=${2:?--peers needs a list}; shift 2 ;;
     --peers=*) peers=${1#--peers=}; shift ;;
+    --native-only) native_only=1; shift ;;
     --top) top=${2:?--top needs a number}; shift 2 ;;
     --top=*) top=${1#--top=}; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -117,7 +121,9 @@ mtls_large=${CG_MTLS_LARGE:-11000}
 # --- tools -------------------------------------------------------------------------------
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
-for t in valgrind perf taskset awk; do
+need=(perf taskset awk)
+((native_only)) || need+=(valgrind)
+for t in "${need[@]}"; do
   command -v "$t" >/dev/null || die "needs $t (apt-get install $(case $t in perf) echo linux-perf ;; taskset) echo util-linux ;; *) echo "$t" ;; esac))"
 done
 [[ -x $SPLITLOAD ]] || die "no load generator at $SPLITLOAD (run bash $bench/setup.sh)"
@@ -371,14 +377,17 @@ for mode in "${modes[@]}"; do
     n_lo=$small n_hi=$large
     # OpenSSL's TLS under valgrind is what makes a full run slow: nginx and HAProxy count
     # half as many requests in mTLS (both runs shrink, so start-up still cancels out)
-    if [[ $mode == mtls && $peer != splitproxy ]]; then
+    if [[ $mode == mtls && $peer != splitproxy ]] && ((!native_only)); then
       n_lo=$mtls_small n_hi=$mtls_large
       mtls_note=" (nginx and HAProxy in mTLS: $n_lo and $n_hi)"
     fi
-    instructions "$n_lo"; lo=$TOTAL
-    instructions "$n_hi"; hi=$TOTAL
-    ipr=$(( (hi - lo) / (n_hi - n_lo) ))
-    if ((top > 0)); then
+    ipr=-
+    if ((!native_only)); then
+      instructions "$n_lo"; lo=$TOTAL
+      instructions "$n_hi"; hi=$TOTAL
+      ipr=$(group $(( (hi - lo) / (n_hi - n_lo) )))
+    fi
+    if ((top > 0 && !native_only)); then
       tops+=("" "Top $top functions of $peer ($mode) by self cost, instructions per request:" ""
         "| instr/req | function |" "| ---: | --- |"
         "$(top_functions "$tmp/cg.$peer.$mode.$n_lo" "$tmp/cg.$peer.$mode.$n_hi" "$((n_hi - n_lo))")")
@@ -387,7 +396,7 @@ for mode in "${modes[@]}"; do
     total_us=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { printf "%.1f", u + k }')
     share=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { if (u + k > 0) printf "%.0f%%", 100 * u / (u + k); else print "-" }')
     kshare=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { if (u + k > 0) printf "%.0f%%", 100 * k / (u + k); else print "-" }')
-    rows+=("| $peer | $mode | $(group "$ipr") | $SYS | $total_us | $USER_US | $KERN_US | $share | $kshare | $(group "$RPS") | $OTHER |")
+    rows+=("| $peer | $mode | $ipr | $SYS | $total_us | $USER_US | $KERN_US | $share | $kshare | $(group "$RPS") | $OTHER |")
     details+=("| $peer | $mode | ${BREAK:-(not traced)} |")
   done
 done
