@@ -38,11 +38,12 @@
 # (default 20000), CG_CPU_N (default 100000), CG_VALGRIND_TIMEOUT (s, default 120), and the
 # bench's BENCH_* settings (ports, CPUs: lib/env.sh). Before each proxy it waits while other
 # programs keep more than CG_MAX_FOREIGN cores busy (default 0.15), CG_QUIET_BUDGET seconds
-# in the whole run at most (default 60), and reports what was left ("other load"). Generated configs, logs and callgrind
-# files go under a mktemp folder (removed on exit; CG_KEEP=1 keeps it and says where). The
-# backends are the bench's (backends.sh): reused when already running under $BENCH_STATE,
-# else started under the temporary folder and stopped on exit. Every process this script
-# starts is stopped on exit (also on Ctrl-C), by PID.
+# in the whole run at most (default 60), and reports what was left ("other load").
+# Generated configs, logs and callgrind files go under a mktemp folder (removed on exit;
+# CG_KEEP=1 keeps it and says where). The backends are the bench's (backends.sh): reused
+# when already running under $BENCH_STATE, else started under the temporary folder and
+# stopped on exit. Every process this script starts is stopped on exit (also on Ctrl-C),
+# by PID.
 set -euo pipefail
 
 root=$(pwd)
@@ -80,7 +81,6 @@ forget() { # PID: no longer ours to stop
   started=("${keep[@]}")
 }
 die() { echo "callgrind.sh: $*" >&2; exit 1; }
-
 
 bin=$root/target/release/splitproxy
 modes=plain
@@ -385,7 +385,7 @@ for mode in "${modes[@]}"; do
     if ((!native_only)); then
       instructions "$n_lo"; lo=$TOTAL
       instructions "$n_hi"; hi=$TOTAL
-      ipr=$(group $(( (hi - lo) / (n_hi - n_lo) )))
+      ipr=$(group "$(( (hi - lo) / (n_hi - n_lo) ))")
     fi
     if ((top > 0 && !native_only)); then
       tops+=("" "Top $top functions of $peer ($mode) by self cost, instructions per request:" ""
@@ -406,9 +406,9 @@ echo "Per proxied request: splitload -c 64, keep-alive, split 50/50, one worker 
 echo "instr/req: callgrind, (total($large) - total($small)) / $((large - small)) requests$mtls_note; syscalls/req: perf stat"
 echo "over $syscall_n requests; CPU: utime and stime (/proc/PID/stat) over $cpu_n requests, native, the proxy"
 echo "on CPU $BENCH_PROXY_CPU and the load generator and backends on CPU $BENCH_CLIENT_CPU. Load average $load_start at the"
-echo "start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($SECONDS s). Other programs on the machine move every figure"
-echo "(callgrind's too: the wake-ups differ), so compare rows of one run; other load = cores other programs kept busy"
-echo "just before that proxy's runs (each waits for < ${CG_MAX_FOREIGN:-0.15}, ${CG_QUIET_BUDGET:-60} s in all at most)."
+echo "start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($SECONDS s). Other programs on the machine move the CPU figures"
+echo "and splitproxy's instruction count (nginx's and HAProxy's hardly), so compare rows of one run. Other load ="
+echo "cores other programs kept busy just before that proxy ran (waited for < ${CG_MAX_FOREIGN:-0.15}, ${CG_QUIET_BUDGET:-60} s in all at most)."
 echo
 echo "| proxy | mode | user instr/req | syscalls/req | CPU µs/req | user µs | kernel µs | user | kernel | req/s (native) | other load |"
 echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
