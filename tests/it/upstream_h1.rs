@@ -281,6 +281,8 @@ struct RawBackend {
     conns: Arc<AtomicU64>,
     /// Request heads read, on all connections.
     heads: Arc<AtomicU64>,
+    /// Events a test's `serve` counts (`Accepted::mark`).
+    marks: Arc<AtomicU64>,
 }
 
 /// An accepted backend connection.
@@ -289,6 +291,7 @@ struct Accepted {
     n: u64,
     wire: Wire,
     heads: Arc<AtomicU64>,
+    marks: Arc<AtomicU64>,
 }
 
 impl Accepted {
@@ -297,6 +300,10 @@ impl Accepted {
         let req = self.wire.request().await?;
         self.heads.fetch_add(1, Ordering::SeqCst);
         Some(req)
+    }
+
+    fn mark(&self) {
+        self.marks.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -310,7 +317,8 @@ impl RawBackend {
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicU64::new(0));
         let heads = Arc::new(AtomicU64::new(0));
-        let (c, h) = (conns.clone(), heads.clone());
+        let marks = Arc::new(AtomicU64::new(0));
+        let (c, h, m) = (conns.clone(), heads.clone(), marks.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let n = c.fetch_add(1, Ordering::SeqCst);
@@ -318,10 +326,16 @@ impl RawBackend {
                     n,
                     wire: Wire::backend(tcp),
                     heads: h.clone(),
+                    marks: m.clone(),
                 }));
             }
         });
-        RawBackend { addr, conns, heads }
+        RawBackend {
+            addr,
+            conns,
+            heads,
+            marks,
+        }
     }
 
     fn conns(&self) -> u64 {
@@ -330,6 +344,10 @@ impl RawBackend {
 
     fn heads(&self) -> u64 {
         self.heads.load(Ordering::SeqCst)
+    }
+
+    fn marks(&self) -> u64 {
+        self.marks.load(Ordering::SeqCst)
     }
 }
 
@@ -543,6 +561,7 @@ async fn racing_backend(name: &'static str) -> RawBackend {
             c.wire.write(resp.as_bytes()).await;
             // the next request is there: closed unread (a reset)
             let _ = c.wire.tcp.readable().await;
+            c.mark();
         }
     })
     .await
@@ -573,6 +592,12 @@ async fn a_get_on_a_connection_the_backend_closes_as_it_arrives_goes_again_and_i
     // failed try: a retry would have gone to the other endpoint, and been counted)
     assert_eq!(a.heads() + b.heads(), n);
     assert_eq!((a.conns(), b.conns()), (a.heads(), b.heads()));
+    // all but the first request to each endpoint met the race
+    assert!(
+        a.marks() + b.marks() >= n - 2,
+        "{} races",
+        a.marks() + b.marks()
+    );
     assert_eq!(retries(&proxy).await, 0.0);
 }
 
@@ -591,7 +616,7 @@ async fn a_post_on_a_connection_the_backend_closes_as_it_arrives_gets_502_and_is
             break;
         }
     }
-    let heads = a.heads() + b.heads();
+    let (heads, races) = (a.heads() + b.heads(), a.marks() + b.marks());
     client
         .write(b"POST /post HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\n\r\ndata")
         .await;
@@ -604,6 +629,10 @@ async fn a_post_on_a_connection_the_backend_closes_as_it_arrives_gets_502_and_is
         heads,
         "the POST was read by no backend"
     );
+    eventually("the POST met the race", || {
+        a.marks() + b.marks() == races + 1
+    })
+    .await;
     assert_eq!(retries(&proxy).await, 0.0);
     // the client's connection still serves
     let resp = client.get("/after").await;
@@ -1014,24 +1043,19 @@ async fn a_head_response_with_a_length_and_no_body_leaves_the_connection_reusabl
 
 #[tokio::test]
 async fn a_garbage_response_gets_502_and_its_connection_is_closed_not_pooled() {
-    let closed = Arc::new(AtomicU64::new(0));
-    let seen = closed.clone();
-    let backend = RawBackend::spawn(move |mut c| {
-        let closed = seen.clone();
-        async move {
-            while c.request().await.is_some() {
-                if c.n == 0 {
-                    c.wire.write(b"HELLO\r\n\r\n").await;
-                } else {
-                    c.wire
-                        .write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                }
-            }
+    let backend = RawBackend::spawn(|mut c| async move {
+        while c.request().await.is_some() {
             if c.n == 0 {
-                // the proxy closed it (this backend never does)
-                closed.fetch_add(1, Ordering::SeqCst);
+                c.wire.write(b"HELLO\r\n\r\n").await;
+            } else {
+                c.wire
+                    .write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
             }
+        }
+        if c.n == 0 {
+            // the proxy closed it (this backend never does)
+            c.mark();
         }
     })
     .await;
@@ -1040,7 +1064,7 @@ async fn a_garbage_response_gets_502_and_its_connection_is_closed_not_pooled() {
     let resp = client.get("/").await;
     assert_proxy_error(&resp, 502, backend.addr);
     eventually("the proxy closes the garbage connection", || {
-        closed.load(Ordering::SeqCst) == 1
+        backend.marks() == 1
     })
     .await;
     for _ in 0..2 {
