@@ -1081,3 +1081,131 @@ async fn a_garbage_response_gets_502_and_its_connection_is_closed_not_pooled() {
         "the garbage connection carried one request"
     );
 }
+
+// === beyond the list: what a connection carries after a response ===
+
+#[tokio::test]
+async fn bytes_past_a_responses_length_reach_nobody_and_its_connection_is_dropped() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        while c.request().await.is_some() {
+            // a response the backend got wrong: more than its length, in one write
+            c.wire
+                .write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+                .await;
+        }
+        c.mark();
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    for _ in 0..3 {
+        let resp = client.get("/").await;
+        assert_eq!(
+            (resp.head.status(), resp.body.as_slice()),
+            (200, &b"ok"[..])
+        );
+    }
+    // never a stray response for the next request: each went on a new connection, and
+    // the proxy closed the ones left with bytes
+    assert_eq!((backend.heads(), backend.conns()), (3, 3));
+    eventually("the proxy closes the connections", || backend.marks() >= 2).await;
+}
+
+#[tokio::test]
+async fn a_response_saying_connection_close_ends_its_connection_even_if_the_backend_keeps_it() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        while c.request().await.is_some() {
+            c.wire
+                .write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+        // the proxy closed it
+        c.mark();
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    for i in 0..3 {
+        let resp = client.get("/").await;
+        assert_eq!(resp.body, b"ok");
+        assert_eq!(resp.head.header("connection"), None, "hop-by-hop");
+        eventually("the proxy closes the connection", || {
+            backend.marks() == i + 1
+        })
+        .await;
+    }
+    assert_eq!((backend.heads(), backend.conns()), (3, 3));
+}
+
+#[tokio::test]
+async fn responses_204_and_304_with_a_length_have_no_body_and_keep_the_connection() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        while let Some(req) = c.request().await {
+            let resp: &[u8] = match req.head.target() {
+                "/204" => b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                "/304" => {
+                    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\nETag: \"v1\"\r\n\r\n"
+                }
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            };
+            c.wire.write(resp).await;
+        }
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    for path in ["/204", "/304", "/", "/304", "/"] {
+        let resp = client.get(path).await;
+        match path {
+            "/204" => assert_eq!(resp.head.status(), 204),
+            "/304" => {
+                assert_eq!(resp.head.status(), 304);
+                assert_eq!(resp.head.header("etag"), Some("\"v1\""));
+            }
+            _ => assert_eq!(resp.body, b"hello"),
+        }
+        assert!(resp.body.is_empty() || path == "/", "{path}");
+    }
+    assert!(client.buf.is_empty());
+    assert_eq!((backend.heads(), backend.conns()), (5, 1));
+}
+
+#[tokio::test]
+async fn a_chunked_request_reaches_the_backend_with_its_declared_trailer_only() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        while let Some(req) = c.request().await {
+            let report = format!(
+                "te={} body={} trailers={:?}",
+                req.head.header("transfer-encoding").unwrap_or("-"),
+                String::from_utf8_lossy(&req.body),
+                req.trailers
+            );
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{report}",
+                report.len()
+            );
+            c.wire.write(resp.as_bytes()).await;
+        }
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    client
+        .write(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n3;a=b\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\nx-undeclared: 1\r\n\r\n")
+        .await;
+    let resp = client.response(false).await;
+    assert_eq!(
+        String::from_utf8_lossy(&resp.body),
+        "te=chunked body=abcde trailers=[(\"x-sum\", \"5\")]"
+    );
+    // and without trailers, the chunked body ends cleanly: the connection serves again
+    client
+        .write(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n")
+        .await;
+    let resp = client.response(false).await;
+    assert_eq!(
+        String::from_utf8_lossy(&resp.body),
+        "te=chunked body=z trailers=[]"
+    );
+    assert_eq!(backend.conns(), 1);
+}
