@@ -164,7 +164,7 @@ impl Wire {
     }
 
     /// Everything until the peer closes.
-    async fn to_end(&mut self) -> Vec<u8> {
+    async fn rest(&mut self) -> Vec<u8> {
         while self.fill().await > 0 {}
         std::mem::take(&mut self.buf)
     }
@@ -231,7 +231,7 @@ impl Wire {
             return Some((self.take(n).await?, Vec::new()));
         }
         match kind {
-            Kind::Response => Some((self.to_end().await, Vec::new())),
+            Kind::Response => Some((self.rest().await, Vec::new())),
             _ => Some((Vec::new(), Vec::new())),
         }
     }
@@ -785,7 +785,7 @@ async fn a_body_shorter_than_its_length_cuts_the_clients_response_never_hangs() 
     // fails the test at the deadline). hyper's server writes the head with the first
     // body bytes and drops both when the body fails before they were flushed: the client
     // may get nothing at all
-    let got = client.to_end().await;
+    let got = client.rest().await;
     if got.is_empty() {
         return;
     }
