@@ -1273,3 +1273,85 @@ async fn a_large_response_streaming_beside_a_large_upload_does_not_stall_a_clien
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_head_cut_short_gets_502_and_a_bad_chunk_cuts_the_body_never_a_hang() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        let Some(req) = c.request().await else { return };
+        match req.head.target() {
+            "/cut-head" => c.wire.write(b"HTTP/1.1 200 OK\r\nContent-Le").await,
+            "/bad-chunk" => {
+                c.wire
+                    .write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n")
+                    .await
+            }
+            _ => {
+                c.wire
+                    .write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+            }
+        }
+        // one request a connection, then closed (the cut head, the bad chunk)
+        let _ = c.wire.tcp.shutdown().await;
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    let resp = client.get("/cut-head").await;
+    assert_proxy_error(&resp, 502, backend.addr);
+    let resp = client.get("/fine").await;
+    assert_eq!(resp.body, b"ok");
+    // the head went out with the first chunk or not at all; the end never comes
+    client
+        .write(b"GET /bad-chunk HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await;
+    let got = client.rest().await;
+    assert!(
+        !got.windows(5).any(|w| w == b"0\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        !got.windows(4).any(|w| w == b"more"),
+        "nothing past the bad chunk"
+    );
+}
+
+#[tokio::test]
+async fn an_expect_100_continue_upload_goes_through_with_the_backends_100_dropped() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        while let Some(head) = c.wire.head().await {
+            c.heads.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(head.header("expect"), Some("100-continue"));
+            c.wire.write(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            let Some((body, _)) = c.wire.body(&head, Kind::Request).await else {
+                return;
+            };
+            let resp = format!(
+                "HTTP/1.1 201 Created\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            c.wire.write(&[resp.as_bytes(), &body].concat()).await;
+        }
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    for _ in 0..2 {
+        // as curl does for a large upload: the head, then the body once told to go on
+        client
+            .write(b"PUT /file HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+            .await;
+        let interim = client.head().await.expect("the proxy's own 100 Continue");
+        assert_eq!(interim.status(), 100);
+        client.write(b"hello world").await;
+        let resp = client.response(false).await;
+        assert_eq!(
+            resp.head.status(),
+            201,
+            "one 100 only, then the final response"
+        );
+        assert_eq!(resp.body, b"hello world");
+    }
+    assert_eq!((backend.heads(), backend.conns()), (2, 1));
+}
