@@ -526,8 +526,14 @@ fn poll_head(
 ) -> Poll<Result<Head, H1Error>> {
     loop {
         if !conn.buf.is_empty() {
+            let before = conn.buf.len();
             if let Some(parsed) = parse_head(&mut conn.buf, head_request)? {
                 return Poll::Ready(Ok(parsed));
+            }
+            if conn.buf.len() < before {
+                // an interim response was dropped: what follows it may be in the buffer
+                // already (a read can wait for bytes that will never come)
+                continue;
             }
             if conn.buf.len() >= MAX_HEAD {
                 return Poll::Ready(Err(H1Error::HeadTooLarge));

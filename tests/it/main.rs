@@ -24,4 +24,5 @@ mod readme;
 mod reload;
 mod resilience;
 mod tls;
+mod upstream_h1;
 mod versions;
