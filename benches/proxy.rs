@@ -67,13 +67,17 @@ fn proxied_request(c: &mut Criterion) {
         let server = splitproxy::app::Server::start(path.clone())
             .await
             .expect("proxy starts");
-        let tcp = TcpStream::connect(server.proxy_addr).await.expect("connect");
+        let tcp = TcpStream::connect(server.proxy_addr)
+            .await
+            .expect("connect");
         let _ = tcp.set_nodelay(true);
         let (h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .expect("handshake");
         tokio::spawn(conn);
-        let tcp = TcpStream::connect(server.proxy_addr).await.expect("connect");
+        let tcp = TcpStream::connect(server.proxy_addr)
+            .await
+            .expect("connect");
         let _ = tcp.set_nodelay(true);
         let (h2, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))

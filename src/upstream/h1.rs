@@ -13,6 +13,7 @@
 //! request without a body, is the keep-alive race every proxy meets: the request goes
 //! out again on another connection (`Failure::stale`).
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
@@ -489,17 +490,24 @@ pub async fn send(
     };
     let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let reusable = keep_alive && write_error.is_none() && !upgrade;
-    // boxed, and only while the request is still being written: the response moves
-    // through several hands, and a small one is cheap to move
-    let writer = (!writer.done && write_error.is_none()).then(|| Box::new(writer));
-    Ok(resp.map(|()| Body {
+    let mut body = Body {
         conn: Some(conn),
-        writer,
+        streaming: None,
         framing,
         reusable,
         hop_by_hop_gone,
+        cut: false,
         back: None,
-    }))
+    };
+    if !writer.done && write_error.is_none() {
+        if upgrade {
+            // the tunnel takes the connection; a body after an upgrade request is not sent
+            body.reusable = false;
+        } else {
+            body.stream_rest(writer);
+        }
+    }
+    Ok(resp.map(|()| body))
 }
 
 fn is_reset(e: &io::Error) -> bool {
@@ -693,14 +701,20 @@ fn parse_length(v: &[u8]) -> Result<u64, H1Error> {
     Ok(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// Read more into the connection's buffer, then go round the decoder's loop again; a
-/// connection closed mid-body is an incomplete response.
+/// Read more into the connection's buffer. A connection closed mid-body is an
+/// incomplete response, said on the next poll: this one wakes itself and waits, so that
+/// the client side flushes what it was given before the error closes it.
 macro_rules! fill {
-    ($conn:expr, $cx:expr) => {
+    ($conn:expr, $cx:expr, $cut:expr) => {
         match $conn.poll_fill($cx) {
             Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) if !*$cut => {
+                *$cut = true;
+                $cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(H1Error::Incomplete))),
-            Poll::Ready(Ok(_)) => continue,
+            Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
         }
     };
@@ -714,14 +728,34 @@ pub type GiveBack = (Rc<Pool>, PoolKey);
 /// connection goes to `back` (the pool); dropped before, the connection closes.
 pub struct Body {
     conn: Option<Conn>,
-    /// The rest of a request body that was still streaming when the response began.
-    writer: Option<Box<Writer>>,
+    /// A request body still streaming when the response began: its own task writes the
+    /// rest, whatever the response side is doing (a client that sends all before it reads
+    /// would otherwise stall both).
+    streaming: Option<Box<Streaming>>,
     framing: Framing,
     /// Both messages allow the connection to carry another exchange.
     reusable: bool,
     /// The head came without hop-by-hop fields (the parser left them out).
     hop_by_hop_gone: bool,
+    /// The backend closed mid-body: said one turn later, so that the client side first
+    /// sends what it has.
+    cut: bool,
     back: Option<GiveBack>,
+}
+
+/// The connection shared with the task writing the rest of the request; one thread,
+/// and neither side holds the borrow across a poll.
+struct Streaming {
+    conn: Rc<RefCell<Conn>>,
+    written: Rc<Cell<Written>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Writing,
+    Done,
+    Failed,
 }
 
 impl Body {
@@ -742,141 +776,175 @@ impl Body {
         self.conn.take()
     }
 
+    /// Write the rest of the request from a task of its own (on the worker's LocalSet).
+    fn stream_rest(&mut self, mut writer: Writer) {
+        let Some(conn) = self.conn.take() else { return };
+        let conn = Rc::new(RefCell::new(conn));
+        let written = Rc::new(Cell::new(Written::Writing));
+        let (shared, state) = (conn.clone(), written.clone());
+        let task = tokio::task::spawn_local(async move {
+            let result =
+                std::future::poll_fn(|cx| writer.poll_write(&mut shared.borrow_mut().io, cx)).await;
+            if let Err(e) = &result {
+                tracing::debug!("request body to the backend ended: {e}");
+            }
+            state.set(if result.is_ok() {
+                Written::Done
+            } else {
+                Written::Failed
+            });
+        });
+        self.streaming = Some(Box::new(Streaming {
+            conn,
+            written,
+            task,
+        }));
+    }
+
     /// The exchange ended: the connection goes back, or closes.
     fn maybe_done(&mut self) {
         if !matches!(self.framing, Framing::Done) {
             return;
         }
-        if let Some(writer) = &self.writer {
-            // the backend answered all before the request ended: what is left of the
+        if let Some(streaming) = self.streaming.take() {
+            let Streaming {
+                conn,
+                written,
+                task,
+            } = *streaming;
+            // written: the task has ended and let go of the connection; otherwise the
+            // backend answered all before the request ended, and what is left of the
             // request is never sent, so the connection cannot be reused
-            if writer.body.is_some() || writer.data.is_some() || writer.wpos < writer.wbuf.len()
-            {
-                self.reusable = false;
-            } else if let Some(conn) = self.conn.as_mut() {
-                // all of it written but not yet flushed: flush without waiting
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                self.reusable &= matches!(
-                    Pin::new(&mut conn.io).poll_flush(&mut cx),
-                    Poll::Ready(Ok(()))
-                );
+            match (written.get(), Rc::try_unwrap(conn)) {
+                (Written::Done, Ok(conn)) => self.conn = Some(conn.into_inner()),
+                _ => {
+                    task.abort();
+                    self.reusable = false;
+                }
             }
         }
-        if self.reusable {
-            if let (Some((pool, key)), Some(conn)) = (self.back.take(), self.conn.take()) {
+        if !self.reusable {
+            return;
+        }
+        if let (Some((pool, key)), Some(conn)) = (self.back.take(), self.conn.take()) {
+            // bytes past the response's end belong to nothing: such a connection is done
+            if conn.buf.is_empty() {
                 pool.put(key, conn);
             }
         }
     }
+}
 
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Some(writer) = self.writer.as_mut() {
-            match writer.poll_write(&mut conn.io, cx) {
-                Poll::Ready(Err(e @ H1Error::Body(_))) => return Poll::Ready(Some(Err(e))),
-                // the response may still arrive whole; the connection is done for
-                Poll::Ready(Err(_)) => {
-                    self.writer = None;
-                    self.reusable = false;
-                }
-                Poll::Ready(Ok(())) => self.writer = None,
-                Poll::Pending => {}
-            }
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(streaming) = &self.streaming {
+            streaming.task.abort();
         }
-        loop {
-            match self.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) => {
-                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(H1Error::Incomplete)));
-                    }
-                    let n = (conn.buf.len() as u64).min(left);
-                    self.framing = if n == left {
-                        Framing::Done
-                    } else {
-                        Framing::Length(left - n)
-                    };
-                    let data = conn.buf.split_to(n as usize).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+    }
+}
+
+/// The next frame of a response body from `conn`.
+fn decode(
+    framing: &mut Framing,
+    cut: &mut bool,
+    conn: &mut Conn,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+    loop {
+        match *framing {
+            Framing::Done => return Poll::Ready(None),
+            Framing::Length(left) => {
+                if conn.buf.is_empty() {
+                    fill!(conn, cx, cut);
                 }
-                Framing::Close => {
-                    if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
-                        self.framing = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(eol) = memchr::memchr(b'\n', &conn.buf) else {
-                        if conn.buf.len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(H1Error::Invalid("chunk size line"))));
-                        }
-                        fill!(conn, cx);
-                    };
-                    let size = parse_chunk_size(&conn.buf[..eol])?;
-                    conn.buf.advance(eol + 1);
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() {
-                        fill!(conn, cx);
-                    }
-                    let n = (conn.buf.len() as u64).min(left);
-                    self.framing = Framing::Chunked(if n == left {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left - n)
-                    });
-                    let data = conn.buf.split_to(n as usize).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if conn.buf.len() < 2 {
-                        fill!(conn, cx);
-                    }
-                    if &conn.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(H1Error::Invalid("chunk data"))));
-                    }
-                    conn.buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let parsed = httparse::parse_headers(&conn.buf, &mut fields);
-                    let (len, trailers) = match parsed {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut map = HeaderMap::new();
-                            for f in fields.iter() {
-                                let name = HeaderName::from_bytes(f.name.as_bytes());
-                                let value = HeaderValue::from_bytes(f.value);
-                                if let (Ok(name), Ok(value)) = (name, value) {
-                                    map.append(name, value);
-                                }
-                            }
-                            (len, map)
-                        }
-                        Ok(httparse::Status::Partial) => {
-                            if conn.buf.len() > MAX_TRAILERS {
-                                return Poll::Ready(Some(Err(H1Error::Invalid("trailers"))));
-                            }
-                            fill!(conn, cx);
-                        }
-                        Err(_) => return Poll::Ready(Some(Err(H1Error::Invalid("trailers")))),
-                    };
-                    conn.buf.advance(len);
-                    self.framing = Framing::Done;
-                    if !trailers.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
+                let n = (conn.buf.len() as u64).min(left);
+                *framing = if n == left {
+                    Framing::Done
+                } else {
+                    Framing::Length(left - n)
+                };
+                let data = conn.buf.split_to(n as usize).freeze();
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Framing::Close => {
+                if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                    *framing = Framing::Done;
                     return Poll::Ready(None);
                 }
+                let data = conn.buf.split().freeze();
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(eol) = memchr::memchr(b'\n', &conn.buf) else {
+                    if conn.buf.len() > MAX_CHUNK_LINE {
+                        return Poll::Ready(Some(Err(H1Error::Invalid("chunk size line"))));
+                    }
+                    fill!(conn, cx, cut);
+                    continue;
+                };
+                let size = parse_chunk_size(&conn.buf[..eol])?;
+                conn.buf.advance(eol + 1);
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Data(left)) => {
+                if conn.buf.is_empty() {
+                    fill!(conn, cx, cut);
+                    continue;
+                }
+                let n = (conn.buf.len() as u64).min(left);
+                *framing = Framing::Chunked(if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                });
+                let data = conn.buf.split_to(n as usize).freeze();
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if conn.buf.len() < 2 {
+                    fill!(conn, cx, cut);
+                    continue;
+                }
+                if &conn.buf[..2] != b"\r\n" {
+                    return Poll::Ready(Some(Err(H1Error::Invalid("chunk data"))));
+                }
+                conn.buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let parsed = httparse::parse_headers(&conn.buf, &mut fields);
+                let (len, trailers) = match parsed {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut map = HeaderMap::new();
+                        for f in fields.iter() {
+                            let name = HeaderName::from_bytes(f.name.as_bytes());
+                            let value = HeaderValue::from_bytes(f.value);
+                            if let (Ok(name), Ok(value)) = (name, value) {
+                                map.append(name, value);
+                            }
+                        }
+                        (len, map)
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if conn.buf.len() > MAX_TRAILERS {
+                            return Poll::Ready(Some(Err(H1Error::Invalid("trailers"))));
+                        }
+                        fill!(conn, cx, cut);
+                        continue;
+                    }
+                    Err(_) => return Poll::Ready(Some(Err(H1Error::Invalid("trailers")))),
+                };
+                conn.buf.advance(len);
+                *framing = Framing::Done;
+                if !trailers.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                return Poll::Ready(None);
             }
         }
     }
@@ -907,16 +975,27 @@ impl http_body::Body for Body {
     type Error = H1Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        let polled = self.poll_data(cx);
+        let this = self.get_mut();
+        let polled = match (&this.streaming, this.conn.as_mut()) {
+            (Some(streaming), _) => {
+                let mut conn = streaming.conn.borrow_mut();
+                decode(&mut this.framing, &mut this.cut, &mut conn, cx)
+            }
+            (None, Some(conn)) => decode(&mut this.framing, &mut this.cut, conn, cx),
+            (None, None) => Poll::Ready(None),
+        };
         match &polled {
             Poll::Ready(Some(Err(_))) => {
-                self.conn = None;
-                self.framing = Framing::Done;
+                this.conn = None;
+                if let Some(streaming) = this.streaming.take() {
+                    streaming.task.abort();
+                }
+                this.framing = Framing::Done;
             }
-            Poll::Ready(_) => self.maybe_done(),
+            Poll::Ready(_) => this.maybe_done(),
             Poll::Pending => {}
         }
         polled
