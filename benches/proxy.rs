@@ -20,6 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
+/// Connections with a request in flight at once, in the throughput case.
+const CONCURRENT: usize = 32;
+
 /// A backend answering every request with a small body, as the end-to-end bench's do.
 async fn backend(rt: &Runtime) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -54,14 +57,15 @@ fn config(v1: SocketAddr, v2: SocketAddr) -> String {
 }
 
 fn proxied_request(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // the client and the backends on this thread (they run while an iteration blocks on
+    // its request), the proxy on its worker thread: two threads, as on the bench's CPUs
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.yaml");
-    let (server, mut h1, mut h2) = rt.block_on(async {
+    let (server, mut h1, mut h2, mut many) = rt.block_on(async {
         let (v1, v2) = (backend(&rt).await, backend(&rt).await);
         std::fs::write(&path, config(v1, v2)).expect("write config");
         let server = splitproxy::app::Server::start(path.clone())
@@ -84,7 +88,19 @@ fn proxied_request(c: &mut Criterion) {
                 .await
                 .expect("h2 handshake");
         tokio::spawn(conn);
-        (server, h1, h2)
+        let mut many = Vec::with_capacity(CONCURRENT);
+        for _ in 0..CONCURRENT {
+            let tcp = TcpStream::connect(server.proxy_addr)
+                .await
+                .expect("connect");
+            let _ = tcp.set_nodelay(true);
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            many.push(sender);
+        }
+        (server, h1, h2, many)
     });
 
     let mut group = c.benchmark_group("proxy");
@@ -95,6 +111,8 @@ fn proxied_request(c: &mut Criterion) {
                     .header("host", "my-website")
                     .body(Empty::<Bytes>::new())
                     .expect("request");
+                // the previous exchange's end reaches the connection task first
+                h1.ready().await.expect("connection ready");
                 let resp = h1.send_request(req).await.expect("response");
                 assert!(resp.status().is_success(), "{}", resp.status());
                 resp.into_body().collect().await.expect("body")
@@ -107,9 +125,30 @@ fn proxied_request(c: &mut Criterion) {
                 let req = Request::get("http://my-website/")
                     .body(Empty::<Bytes>::new())
                     .expect("request");
+                h2.ready().await.expect("connection ready");
                 let resp = h2.send_request(req).await.expect("response");
                 assert!(resp.status().is_success(), "{}", resp.status());
                 resp.into_body().collect().await.expect("body")
+            })
+        })
+    });
+    // many requests in flight, as the end-to-end bench has: wake-ups are shared, and the
+    // time is mostly the CPU each request costs (per request: divide by CONCURRENT)
+    group.throughput(criterion::Throughput::Elements(CONCURRENT as u64));
+    group.bench_function("http1_keepalive_x32", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let sends = many.iter_mut().map(|sender| async move {
+                    sender.ready().await.expect("connection ready");
+                    let req = Request::get("/")
+                        .header("host", "my-website")
+                        .body(Empty::<Bytes>::new())
+                        .expect("request");
+                    let resp = sender.send_request(req).await.expect("response");
+                    assert!(resp.status().is_success(), "{}", resp.status());
+                    resp.into_body().collect().await.expect("body")
+                });
+                futures_util::future::join_all(sends).await
             })
         })
     });
