@@ -101,7 +101,9 @@ impl Acceptor {
 
     /// Handshake; returns the stream, the verified client identity, and its XFCC value.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Accepted> {
-        let stream = self.inner.accept(tcp).await?;
+        // boxed: the session is the biggest part of a connection, and passed on by pointer
+        // it is never held twice in the connection's task (see server.rs)
+        let stream = Box::new(self.inner.accept(tcp).await?);
         let session = stream.get_ref().1;
         let h2 = session.alpn_protocol() == Some(b"h2");
         let identity = session
@@ -122,7 +124,7 @@ impl Acceptor {
 
 /// A finished handshake.
 pub struct Accepted {
-    pub stream: TlsStream<TcpStream>,
+    pub stream: Box<TlsStream<TcpStream>>,
     pub identity: Option<Identity>,
     pub xfcc: Option<HeaderValue>,
     /// ALPN chose HTTP/2.
