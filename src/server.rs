@@ -200,7 +200,7 @@ async fn serve_conn(
     };
     let Some(acceptor) = live.tls.load_full() else {
         let conn = Rc::new(ConnInfo::new(peer, false, None, None));
-        return serve_http(tcp, false, conn, settings, worker, &mut closing).await;
+        return serve_http(tcp, false, conn, &settings, worker, &mut closing).await;
     };
     // boxed, and so freed once done: an idle connection's task is not sized for it
     let handshake = acceptor.accept(tcp);
@@ -224,7 +224,7 @@ async fn serve_conn(
     };
     drop(acceptor);
     let (stream, h2, conn) = tls_conn(peer, accepted);
-    serve_http(stream, h2, conn, settings, worker, &mut closing).await;
+    serve_http(stream, h2, conn, &settings, worker, &mut closing).await;
 }
 
 /// A finished handshake taken apart (by value: a partly moved value stays in the task).
@@ -243,57 +243,60 @@ fn tls_conn(
 /// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2:
 /// then only HTTP/2 is spoken, and a bad connection preface closes the connection.
 /// Otherwise the first bytes tell: the HTTP/2 preface, or HTTP/1.1.
-async fn serve_http<I>(
+///
+/// Not an `async fn`: that keeps each argument twice in its future, the block captures once.
+fn serve_http<'a, I>(
     mut io: I,
     h2: bool,
     conn: Rc<ConnInfo>,
-    settings: ConnSettings,
+    settings: &'a ConnSettings,
     worker: Rc<Worker>,
-    closing: &mut watch::Receiver<()>,
-) where
+    closing: &'a mut watch::Receiver<()>,
+) -> impl Future<Output = ()> + 'a
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ConnSettings {
-        timeouts,
-        limits,
-        unrouted,
-    } = settings;
-    let first = if h2 {
-        Vec::new()
-    } else {
-        // nothing for HTTP is made before the client sends: an idle connection holds its
-        // stream only (H1Guard's clock for a connection that never sends: closed quietly)
-        match first_bytes(&mut io, timeouts.client_header, closing).await {
-            Some(first) => first,
-            None => return,
-        }
-    };
-    let peer = conn.peer;
-    let max_fields = limits.request_headers;
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (worker, conn) = (worker.clone(), conn.clone());
-        async move {
-            // HTTP/1 heads are counted by H1Guard; HTTP/2 ones here (their size is h2's
-            // max_header_list_size)
-            if req.version() == Version::HTTP_2 && req.headers().len() > max_fields {
-                return Ok(too_many_fields(&worker).map(LogBody::plain));
+    async move {
+        let first = if h2 {
+            Vec::new()
+        } else {
+            // nothing for HTTP is made before the client sends: an idle connection holds its
+            // stream only (H1Guard's clock for a connection that never sends: closed quietly)
+            match first_bytes(&mut io, settings.timeouts.client_header, closing).await {
+                Some(first) => first,
+                None => return,
             }
-            Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
+        };
+        let peer = conn.peer;
+        let (timeouts, limits) = (&settings.timeouts, &settings.limits);
+        let max_fields = limits.request_headers;
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (worker, conn) = (worker.clone(), conn.clone());
+            async move {
+                // HTTP/1 heads are counted by H1Guard; HTTP/2 ones here (their size is h2's
+                // max_header_list_size)
+                if req.version() == Version::HTTP_2 && req.headers().len() > max_fields {
+                    return Ok(too_many_fields(&worker).map(LogBody::plain));
+                }
+                Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
+            }
+        });
+        let http2 = h2 || first.as_slice() == H2_PREFACE;
+        let unrouted = settings.unrouted.clone();
+        let guard = H1Guard::new(io, timeouts, limits, h2, unrouted).already_read(first);
+        let io = TokioIo::new(guard);
+        let ended = if http2 {
+            let connection =
+                Box::pin(http2_builder(timeouts, limits).serve_connection(io, service));
+            watched(connection, closing, |c| c.graceful_shutdown()).await
+        } else {
+            let connection = http1_builder(limits).serve_connection(io, service);
+            let connection = Box::pin(connection.with_upgrades());
+            watched(connection, closing, |c| c.graceful_shutdown()).await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, "connection ended: {}", error_chain(&e));
         }
-    });
-    let http2 = h2 || first.as_slice() == H2_PREFACE;
-    let guard = H1Guard::new(io, &timeouts, &limits, h2, unrouted).already_read(first);
-    let io = TokioIo::new(guard);
-    let ended = if http2 {
-        let connection = Box::pin(http2_builder(&timeouts, &limits).serve_connection(io, service));
-        watched(connection, closing, |c| c.graceful_shutdown()).await
-    } else {
-        let connection = http1_builder(&limits).serve_connection(io, service);
-        let connection = Box::pin(connection.with_upgrades());
-        watched(connection, closing, |c| c.graceful_shutdown()).await
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, "connection ended: {}", error_chain(&e));
     }
 }
 

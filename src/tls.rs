@@ -112,7 +112,8 @@ impl Acceptor {
             .and_then(|leaf| Identity::from_der(leaf));
         let xfcc = identity
             .as_ref()
-            .and_then(|id| HeaderValue::try_from(id.xfcc(self.by.as_deref())).ok());
+            // from_str copies: a String's spare capacity would stay with the connection
+            .and_then(|id| HeaderValue::from_str(&id.xfcc(self.by.as_deref())).ok());
         Ok(Accepted {
             stream,
             identity,
