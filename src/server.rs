@@ -245,6 +245,7 @@ fn tls_conn(
 /// Otherwise the first bytes tell: the HTTP/2 preface, or HTTP/1.1.
 ///
 /// Not an `async fn`: that keeps each argument twice in its future, the block captures once.
+#[allow(clippy::manual_async_fn)]
 fn serve_http<'a, I>(
     mut io: I,
     h2: bool,
