@@ -31,6 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::server::TlsStream;
 
 use crate::accesslog::LogBody;
 use crate::config::{Limits, Timeouts};
@@ -199,7 +200,7 @@ async fn serve_conn(
         }
     };
     let Some(acceptor) = live.tls.load_full() else {
-        let conn = Rc::new(ConnInfo::new(peer, false, None, None));
+        let conn = move |_: &TcpStream| ConnInfo::new(peer, false, None, None);
         return serve_http(tcp, false, conn, &settings, worker, &mut closing).await;
     };
     // boxed, and so freed once done: an idle connection's task is not sized for it
@@ -223,33 +224,27 @@ async fn serve_conn(
         }
     };
     drop(acceptor);
-    let (stream, h2, conn) = tls_conn(peer, accepted);
+    let tls::Accepted { stream, h2, by } = accepted;
+    // the stream is `serve_http`'s `I`, boxed
+    #[allow(clippy::borrowed_box)]
+    let conn = move |stream: &Box<TlsStream<TcpStream>>| {
+        let (identity, xfcc) = tls::identify(stream, by.as_deref());
+        ConnInfo::new(peer, true, identity, xfcc)
+    };
     serve_http(stream, h2, conn, &settings, worker, &mut closing).await;
-}
-
-/// A finished handshake taken apart (by value: a partly moved value stays in the task).
-fn tls_conn(
-    peer: SocketAddr,
-    accepted: tls::Accepted,
-) -> (
-    Box<tokio_rustls::server::TlsStream<TcpStream>>,
-    bool,
-    Rc<ConnInfo>,
-) {
-    let conn = ConnInfo::new(peer, true, accepted.identity, accepted.xfcc);
-    (accepted.stream, accepted.h2, Rc::new(conn))
 }
 
 /// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2:
 /// then only HTTP/2 is spoken, and a bad connection preface closes the connection.
-/// Otherwise the first bytes tell: the HTTP/2 preface, or HTTP/1.1.
+/// Otherwise the first bytes tell: the HTTP/2 preface, or HTTP/1.1. `conn` makes the
+/// connection's `ConnInfo` once the first bytes are in (nothing of it is held before).
 ///
 /// Not an `async fn`: that keeps each argument twice in its future, the block captures once.
 #[allow(clippy::manual_async_fn)]
 fn serve_http<'a, I>(
     mut io: I,
     h2: bool,
-    conn: Rc<ConnInfo>,
+    conn: impl FnOnce(&I) -> ConnInfo + 'a,
     settings: &'a ConnSettings,
     worker: Rc<Worker>,
     closing: &'a mut watch::Receiver<()>,
@@ -268,6 +263,7 @@ where
                 None => return,
             }
         };
+        let conn = Rc::new(conn(&io));
         let peer = conn.peer;
         let (timeouts, limits) = (&settings.timeouts, &settings.limits);
         let max_fields = limits.request_headers;
