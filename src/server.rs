@@ -181,57 +181,62 @@ struct ConnSettings {
 }
 
 /// One downstream connection, from the accepted socket to its end. `closing` changes when
-/// the worker shuts down; `_slot` is the connection's place under the cap.
-async fn serve_conn(
+/// the worker shuts down; `slot` is the connection's place under the cap. (Not an
+/// `async fn`, which would keep each argument twice: see `serve_http`.)
+#[allow(clippy::manual_async_fn)]
+fn serve_conn(
     tcp: TcpStream,
     peer: SocketAddr,
     worker: Rc<Worker>,
     mut closing: watch::Receiver<()>,
-    _slot: Option<Slot>,
-) {
-    let live = worker.live.clone();
-    let _open = ConnectionCount::new(&live.metrics.active_connections);
-    let settings = {
-        let table = live.routes.load();
-        ConnSettings {
-            timeouts: table.timeouts,
-            limits: table.config.proxy.limits,
-            unrouted: table.unrouted().clone(),
-        }
-    };
-    let Some(acceptor) = live.tls.load_full() else {
-        let conn = move |_: &TcpStream| ConnInfo::new(peer, false, None, None);
-        return serve_http(tcp, false, conn, &settings, worker, &mut closing).await;
-    };
-    // boxed, and so freed once done: an idle connection's task is not sized for it
-    let handshake = acceptor.accept(tcp);
-    let handshake = Box::pin(tokio::time::timeout(
-        settings.timeouts.client_header,
-        handshake,
-    ));
-    let accepted = match handshake.await {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(e)) => {
-            let reason = tls::failure_reason(&e);
-            live.metrics.handshake_failed(reason);
-            tracing::debug!(%peer, reason, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            live.metrics.handshake_failed("timeout");
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    drop(acceptor);
-    let tls::Accepted { stream, h2, by } = accepted;
-    // the stream is `serve_http`'s `I`, boxed
-    #[allow(clippy::borrowed_box)]
-    let conn = move |stream: &Box<TlsStream<TcpStream>>| {
-        let (identity, xfcc) = tls::identify(stream, by.as_deref());
-        ConnInfo::new(peer, true, identity, xfcc)
-    };
-    serve_http(stream, h2, conn, &settings, worker, &mut closing).await;
+    slot: Option<Slot>,
+) -> impl Future<Output = ()> {
+    async move {
+        let _slot = slot;
+        let live = worker.live.clone();
+        let _open = ConnectionCount::new(&live.metrics.active_connections);
+        let settings = {
+            let table = live.routes.load();
+            ConnSettings {
+                timeouts: table.timeouts,
+                limits: table.config.proxy.limits,
+                unrouted: table.unrouted().clone(),
+            }
+        };
+        let Some(acceptor) = live.tls.load_full() else {
+            let conn = move |_: &TcpStream| ConnInfo::new(peer, false, None, None);
+            return serve_http(tcp, false, conn, &settings, worker, &mut closing).await;
+        };
+        // boxed, and so freed once done: an idle connection's task is not sized for it
+        let handshake = acceptor.accept(tcp);
+        let handshake = Box::pin(tokio::time::timeout(
+            settings.timeouts.client_header,
+            handshake,
+        ));
+        let accepted = match handshake.await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(e)) => {
+                let reason = tls::failure_reason(&e);
+                live.metrics.handshake_failed(reason);
+                tracing::debug!(%peer, reason, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                live.metrics.handshake_failed("timeout");
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        drop(acceptor);
+        let tls::Accepted { stream, h2, by } = accepted;
+        // the stream is `serve_http`'s `I`, boxed
+        #[allow(clippy::borrowed_box)]
+        let conn = move |stream: &Box<TlsStream<TcpStream>>| {
+            let (identity, xfcc) = tls::identify(stream, by.as_deref());
+            ConnInfo::new(peer, true, identity, xfcc)
+        };
+        serve_http(stream, h2, conn, &settings, worker, &mut closing).await;
+    }
 }
 
 /// Serve HTTP on an accepted (and possibly TLS) stream; `h2` when ALPN chose HTTP/2:
