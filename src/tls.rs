@@ -49,7 +49,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct Acceptor {
     inner: tokio_rustls::TlsAcceptor,
     /// The server's own SPIFFE ID, for the `By=` element of XFCC.
-    by: Option<String>,
+    by: Option<Arc<str>>,
 }
 
 impl Acceptor {
@@ -87,7 +87,8 @@ impl Acceptor {
         let by = chain
             .first()
             .and_then(|c| Identity::from_der(c))
-            .and_then(|i| i.spiffe);
+            .and_then(|i| i.spiffe)
+            .map(Arc::from);
         let mut config = builder
             .with_single_cert(chain, key)
             .map_err(TlsError::Pair)?;
@@ -99,34 +100,47 @@ impl Acceptor {
         })
     }
 
-    /// Handshake; returns the stream, the verified client identity, and its XFCC value.
+    /// Handshake; returns the stream, and what `Accepted::identify` needs later.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Accepted> {
-        let stream = self.inner.accept(tcp).await?;
-        let session = stream.get_ref().1;
-        let h2 = session.alpn_protocol() == Some(b"h2");
-        let identity = session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|leaf| Identity::from_der(leaf));
-        let xfcc = identity
-            .as_ref()
-            .and_then(|id| HeaderValue::try_from(id.xfcc(self.by.as_deref())).ok());
+        // boxed: the session is the biggest part of a connection, and passed on by pointer
+        // it is never held twice in the connection's task (see server.rs)
+        let stream = Box::new(self.inner.accept(tcp).await?);
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         Ok(Accepted {
             stream,
-            identity,
-            xfcc,
             h2,
+            by: self.by.clone(),
         })
     }
 }
 
 /// A finished handshake.
 pub struct Accepted {
-    pub stream: TlsStream<TcpStream>,
-    pub identity: Option<Identity>,
-    pub xfcc: Option<HeaderValue>,
+    pub stream: Box<TlsStream<TcpStream>>,
     /// ALPN chose HTTP/2.
     pub h2: bool,
+    /// The server's SPIFFE ID, for XFCC.
+    pub by: Option<Arc<str>>,
+}
+
+/// The verified client identity of a TLS stream, and its XFCC value. Read from the session
+/// when the first request comes, not kept from the handshake: rustls keeps the client's
+/// certificate anyway, and a connection that is idle meanwhile holds nothing more.
+pub fn identify(
+    stream: &TlsStream<TcpStream>,
+    by: Option<&str>,
+) -> (Option<Identity>, Option<HeaderValue>) {
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| Identity::from_der(leaf));
+    let xfcc = identity
+        .as_ref()
+        // from_str copies: a String's spare capacity would stay with the connection
+        .and_then(|id| HeaderValue::from_str(&id.xfcc(by)).ok());
+    (identity, xfcc)
 }
 
 /// Why a handshake failed, as a metric label: a scanner must not flood the log, so failures

@@ -174,6 +174,14 @@ impl<I> H1Guard<I> {
         }
     }
 
+    /// `first`: bytes already read from `io` (to tell HTTP/1 from the HTTP/2 preface),
+    /// handed on and scanned before anything read after them.
+    pub fn already_read(mut self, first: Vec<u8>) -> Self {
+        self.held = first;
+        self.held_at = 0;
+        self
+    }
+
     fn deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Fresh | Phase::Head => Some(self.since + self.head_timeout),

@@ -11,6 +11,7 @@ mod gateway;
 mod grpc;
 mod hostile;
 mod hygiene;
+mod idlemem;
 mod kubernetes;
 mod lifecycle;
 mod measure;
