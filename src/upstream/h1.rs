@@ -44,6 +44,8 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// Room made before a read: small enough for an idle connection to keep, large enough
 /// that a typical response arrives in one read.
 const READ_ROOM: usize = 8192;
+/// The most a read asks for (hyper's adaptive read buffer grows to about this too).
+const MAX_ROOM: usize = 256 * 1024;
 /// Data frames up to this size are copied beside the head or the chunk framing, so they
 /// leave in one write; larger ones are written from their own buffer.
 const COPY_BELOW: usize = 8192;
@@ -118,6 +120,9 @@ pub struct Conn {
     io: Io,
     /// Bytes read and not yet consumed; its room is kept for the next response.
     buf: BytesMut,
+    /// Room made before a read: doubled while reads fill it (a large body), back to
+    /// `READ_ROOM` when the connection goes idle.
+    room: usize,
 }
 
 impl Conn {
@@ -125,6 +130,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            room: READ_ROOM,
         }
     }
 
@@ -162,11 +168,29 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
-            self.buf.reserve(READ_ROOM);
+        if self.buf.capacity() - self.buf.len() < self.room / 4 {
+            self.buf.reserve(self.room);
         }
+        let spare = self.buf.capacity() - self.buf.len();
         let read = self.io.read_buf(&mut self.buf);
-        std::pin::pin!(read).poll(cx)
+        let n = ready!(std::pin::pin!(read).poll(cx))?;
+        // a read that filled all the room: more is waiting, so read more at once (a 300 MB
+        // body took ~60% longer in 8 KiB reads)
+        if n == spare && self.room < MAX_ROOM {
+            self.room *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Between exchanges: a buffer grown for a large body is let go (an idle pooled
+    /// connection keeps at most `READ_ROOM` of it).
+    fn idle(&mut self) {
+        if self.room > READ_ROOM {
+            self.room = READ_ROOM;
+            if self.buf.capacity() > READ_ROOM {
+                self.buf = BytesMut::new();
+            }
+        }
     }
 }
 
@@ -829,6 +853,8 @@ impl Body {
         if let (Some((pool, key)), Some(conn)) = (self.back.take(), self.conn.take()) {
             // bytes past the response's end belong to nothing: such a connection is done
             if conn.buf.is_empty() {
+                let mut conn = conn;
+                conn.idle();
                 pool.put(key, conn);
             }
         }
