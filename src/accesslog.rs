@@ -78,18 +78,21 @@ pub fn valid_request_id(v: &[u8]) -> bool {
         && v.iter().all(|b| matches!(b, b'!'..=b'~') && *b != b',')
 }
 
-/// Give a forwarded request its `x-request-id`: the client's first value when valid (any
-/// further lines removed), else `chosen` (the id the access log already took) or a new one.
-/// One hashed lookup of the header name.
-pub fn set_request_id(headers: &mut HeaderMap, chosen: Option<&RequestId>) {
-    let fresh = || {
-        let id = match chosen {
-            Some(RequestId::New(b)) => *b,
-            _ => uuid_v4(),
-        };
-        // 36 bytes of [0-9a-f-]: always a valid value
-        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-    };
+/// Settle a forwarded request's `x-request-id`: the client's first value when valid (any
+/// further lines removed; `present` says the request has the header at all, from the one
+/// pass over its names that `proxy::prepare_request` makes), else a new id, returned
+/// rather than put in `headers`: the HTTP/1.1 upstream writes it straight into the head
+/// (no value allocated), the HTTP/2 one inserts it. The new id is `chosen` (the one the
+/// access log already took) or a fresh UUID.
+pub fn request_id(
+    headers: &mut HeaderMap,
+    present: bool,
+    chosen: Option<[u8; 36]>,
+) -> Option<[u8; 36]> {
+    let fresh = || Some(chosen.unwrap_or_else(uuid_v4));
+    if !present {
+        return fresh();
+    }
     match headers.entry(&X_REQUEST_ID) {
         HeaderEntry::Occupied(mut o) => {
             if valid_request_id(o.get().as_bytes()) {
@@ -97,14 +100,20 @@ pub fn set_request_id(headers: &mut HeaderMap, chosen: Option<&RequestId>) {
                     let first = o.get().clone();
                     o.insert(first);
                 }
+                None
             } else {
-                o.insert(fresh());
+                o.remove();
+                fresh()
             }
         }
-        HeaderEntry::Vacant(v) => {
-            v.insert(fresh());
-        }
+        HeaderEntry::Vacant(_) => fresh(),
     }
+}
+
+/// The id `request_id` returned, as a header value (for HTTP/2 upstreams).
+pub fn request_id_value(id: &[u8; 36]) -> HeaderValue {
+    // 36 bytes of [0-9a-f-]: always a valid value
+    HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// A random (version 4) UUID in its 36-character text form, from the thread's fast
@@ -604,25 +613,27 @@ mod tests {
     }
 
     #[test]
-    fn set_request_id_keeps_replaces_and_creates() {
+    fn request_id_keeps_replaces_and_creates() {
         let mut h = HeaderMap::new();
-        set_request_id(&mut h, None);
-        assert!(valid_request_id(h[&X_REQUEST_ID].as_bytes()));
-        assert_eq!(h[&X_REQUEST_ID].len(), 36);
+        let id = request_id(&mut h, false, None).expect("a new id");
+        assert!(valid_request_id(&id));
+        assert!(h.is_empty(), "returned, not inserted");
 
         let mut h = HeaderMap::new();
         h.append(&X_REQUEST_ID, HeaderValue::from_static("mine"));
         h.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
-        set_request_id(&mut h, None);
+        assert_eq!(request_id(&mut h, true, None), None);
         let all: Vec<_> = h.get_all(&X_REQUEST_ID).iter().collect();
         assert_eq!(all, ["mine"]);
 
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("bad id"));
-        let chosen = RequestId::of(&h);
-        set_request_id(&mut h, Some(&chosen));
-        assert_eq!(h[&X_REQUEST_ID].as_bytes(), chosen.as_bytes());
-        assert_eq!(chosen.as_bytes().len(), 36);
+        let RequestId::New(chosen) = RequestId::of(&h) else {
+            panic!("an invalid id is replaced")
+        };
+        assert_eq!(request_id(&mut h, true, Some(chosen)), Some(chosen));
+        assert!(h.get(&X_REQUEST_ID).is_none(), "the bad one removed");
+        assert_eq!(request_id_value(&chosen).as_bytes(), chosen);
     }
 
     #[test]

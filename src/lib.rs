@@ -6,16 +6,18 @@
 //! ```text
 //! server::serve        accept (under limits.connections) -> server::serve_conn: TLS
 //!                      handshake (tls::Acceptor), ConnInfo (peer, identity, XFCC),
-//!                      h1guard (strict HTTP/1.1 scanner, timeouts), hyper-util auto
+//!                      h1guard (strict HTTP/1.1 scanner, timeouts), the first bytes
+//!                      pick hyper's HTTP/1.1 or HTTP/2 connection
 //! proxy::handle        timer starts; live.routes.load_full(); path::normalize_uri;
 //!                      RoutingTable::route:
 //!                      host -> Route -> Split (matches, access) -> Backend -> endpoint
 //!                      (ejected ones left out) = routing::Routed, or routing::Refused
 //!                      (404, 403, 503, ...)
-//!                      x-request-id set (accesslog::set_request_id); with accessLog: json
-//!                      an accesslog::Entry of cheap clones follows the request
-//!   Forward::send      headers rewritten -> upstream::Upstream::send on the worker's
-//!                      pool (plain or TLS) -> a retry elsewhere if the request never
+//!                      with accessLog: json an accesslog::Entry of cheap clones follows
+//!                      the request
+//!   Forward::send      headers rewritten, x-request-id settled (accesslog::request_id)
+//!                      -> upstream::Upstream::send on the worker's pool (plain or TLS;
+//!                      upstream::h1 drives the exchange) -> a retry elsewhere if the request never
 //!                      reached a backend -> endpoint health -> response headers
 //!   proxy::answer      response::ProxyError -> the proxy's own answer; metrics, once
 //!   accesslog::LogBody at the body's end the entry is queued (try_send, bounded) to the

@@ -119,7 +119,11 @@ pub async fn handle(
             return answer(routed.split.unpicked(), error, started, conn, log);
         }
     }
-    accesslog::set_request_id(req.headers_mut(), log.as_ref().and_then(Pending::id));
+    // the id the access log took, when it made a new one (a client's valid id is kept)
+    let log_id = match log.as_ref().and_then(Pending::id) {
+        Some(accesslog::RequestId::New(id)) => Some(*id),
+        _ => None,
+    };
     if let Some(log) = &mut log {
         log.routed(&routed.backend.counters.labels, routed.endpoint.addr);
     }
@@ -132,6 +136,7 @@ pub async fn handle(
         set_cookie: routed.set_cookie,
         tries: 1,
         received: log.as_ref().and_then(Pending::received),
+        log_id,
     };
     let result = forward.send(&worker.upstream, conn, req).await;
     if let Some(log) = &mut log {
@@ -193,6 +198,8 @@ struct Forward<'t> {
     tries: u32,
     /// Counts the request body bytes read from the client, when the access log wants them.
     received: Option<Arc<AtomicU64>>,
+    /// The new request id the access log took, for `accesslog::request_id`.
+    log_id: Option<[u8; 36]>,
 }
 
 impl Forward<'_> {
@@ -205,7 +212,9 @@ impl Forward<'_> {
         let Prepared {
             upgrade: downstream_upgrade,
             te_trailers,
+            request_id_seen,
         } = prepare_request(&mut req, conn);
+        let request_id = accesslog::request_id(req.headers_mut(), request_id_seen, self.log_id);
         // HTTP/1.1 hands a written head back (`SendError::written`); only HTTP/2 consumes
         // the request, and needs a copy made before
         let retry = self.table.retries > 0 && self.split.alternatives;
@@ -216,7 +225,8 @@ impl Forward<'_> {
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
         let outcome = {
             // pinned where it stands: the timeout then holds a pointer, not a moved copy
-            let exchange = std::pin::pin!(self.exchange(upstream, req, replay, te_trailers));
+            let exchange =
+                std::pin::pin!(self.exchange(upstream, req, replay, te_trailers, request_id));
             tokio::time::timeout(timeout, exchange).await
         };
         let mut resp = match outcome {
@@ -260,6 +270,7 @@ impl Forward<'_> {
         mut req: Request<RequestBody>,
         mut replay: Option<Replay>,
         te_trailers: bool,
+        request_id: Option<[u8; 36]>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let table = self.table;
         let mut attempts = table.retries;
@@ -268,7 +279,13 @@ impl Forward<'_> {
             let addr = self.endpoint.addr;
             let transport = &self.backend.transport;
             let sent = upstream
-                .send(transport, addr, table.timeouts.connect, te_trailers, req)
+                .send(
+                    transport,
+                    addr,
+                    table.timeouts.connect,
+                    (te_trailers, request_id.as_ref()),
+                    req,
+                )
                 .await;
             let SendError {
                 error,
@@ -384,6 +401,8 @@ pub struct Prepared {
     /// The client's `TE` listed `trailers`: an HTTP/2 upstream gets `te: trailers` (gRPC
     /// needs it); an HTTP/1.1 upstream gets no `TE`, as before (hop-by-hop).
     pub te_trailers: bool,
+    /// The request has an `x-request-id` (for `accesslog::request_id`).
+    pub request_id_seen: bool,
 }
 
 /// Rewrite a downstream request for the upstream: origin-form URI, hop-by-hop headers
@@ -452,6 +471,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
     Prepared {
         upgrade: on_upgrade,
         te_trailers,
+        request_id_seen: seen & REQUEST_ID_BIT != 0,
     }
 }
 
@@ -486,6 +506,7 @@ pub(crate) static HOP_BY_HOP: [&HeaderName; 7] = [
     &header::PROXY_AUTHENTICATE,
 ];
 const XFCC_BIT: u16 = 1 << 8;
+const REQUEST_ID_BIT: u16 = 1 << 9;
 /// `TE`'s bit: `HOP_BY_HOP[2]`.
 const TE_BIT: u16 = 2 << 2;
 
@@ -512,6 +533,8 @@ fn scan(headers: &HeaderMap) -> u16 {
             seen |= CONNECTION_BIT;
         } else if name == X_FORWARDED_CLIENT_CERT {
             seen |= XFCC_BIT;
+        } else if name == accesslog::X_REQUEST_ID {
+            seen |= REQUEST_ID_BIT;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
             seen |= 2 << i;
         }

@@ -248,7 +248,7 @@ impl Writer {
     /// Encode the head of `parts` (origin-form URI, `Host` set) and settle the body's
     /// framing the way hyper's client does: the request's own `Content-Length`, else the
     /// body's exact size, else chunked; GET, HEAD and CONNECT of unknown length send none.
-    fn new(parts: &Parts, body: RequestBody) -> Writer {
+    fn new(parts: &Parts, body: RequestBody, request_id: Option<&[u8; 36]>) -> Writer {
         let mut wbuf = Vec::with_capacity(512);
         wbuf.extend_from_slice(parts.method.as_str().as_bytes());
         wbuf.push(b' ');
@@ -266,6 +266,11 @@ impl Writer {
             wbuf.extend_from_slice(name.as_str().as_bytes());
             wbuf.extend_from_slice(b": ");
             wbuf.extend_from_slice(value.as_bytes());
+            wbuf.extend_from_slice(b"\r\n");
+        }
+        if let Some(id) = request_id {
+            wbuf.extend_from_slice(b"x-request-id: ");
+            wbuf.extend_from_slice(id);
             wbuf.extend_from_slice(b"\r\n");
         }
         let mut chunked = false;
@@ -462,15 +467,16 @@ fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
 
 /// One exchange on `conn`: write the request and read the response head, both at once
 /// (a backend may answer before the request body ends). `reused`: the connection served
-/// an earlier request.
+/// an earlier request; `request_id`: a new `x-request-id` to write beside the headers.
 pub async fn send(
     mut conn: Conn,
     req: Request<RequestBody>,
     reused: bool,
+    request_id: Option<&[u8; 36]>,
 ) -> Result<Response<Body>, Box<Failure>> {
     let (parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
-    let mut writer = Writer::new(&parts, body);
+    let mut writer = Writer::new(&parts, body, request_id);
     let head = parts.method == Method::HEAD;
     let mut write_error = None;
     let mut read_any = false;

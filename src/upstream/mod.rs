@@ -131,7 +131,7 @@ impl Upstream {
         transport: &Transport,
         addr: SocketAddr,
         connect_timeout: Duration,
-        te_trailers: bool,
+        (te_trailers, request_id): (bool, Option<&[u8; 36]>),
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Box<SendError>> {
         let key = PoolKey {
@@ -139,6 +139,11 @@ impl Upstream {
             transport: transport.id(),
         };
         if transport.h2 {
+            if let Some(id) = request_id {
+                let value = crate::accesslog::request_id_value(id);
+                req.headers_mut()
+                    .insert(crate::accesslog::X_REQUEST_ID.clone(), value);
+            }
             return self
                 .send_h2(transport, key, connect_timeout, te_trailers, req)
                 .await;
@@ -157,7 +162,7 @@ impl Upstream {
                     }
                 },
             };
-            match h1::send(conn, req, reused).await {
+            match h1::send(conn, req, reused, request_id).await {
                 Ok(resp) => {
                     return Ok(resp.map(|mut body| {
                         body.give_back_to((self.pool.clone(), key));

@@ -632,6 +632,10 @@ async fn trailers_pass_both_ways_and_te_trailers_reaches_an_h2_backend() {
         "5"
     );
     assert_eq!(seen.headers["te"], "trailers");
+    // the proxy's new request id reaches an HTTP/2 backend too, once
+    let ids: Vec<_> = seen.headers.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0].len(), 36, "a UUID: {:?}", ids[0]);
 
     // without TE the backend gets none
     let req = Request::get("https://web/t")
