@@ -2,9 +2,9 @@
 //! no channel, no oneshot. The request head is encoded straight from the `http` types
 //! into one write, the response head is parsed with httparse from the connection's own
 //! read buffer (header values are slices of it, never copies), and the response body
-//! (`Body`) reads the connection as the client's side polls it, while it also finishes
-//! writing a request body that is still streaming (both directions move together, as
-//! they did with hyper's connection task).
+//! (`Body`) reads the connection as the client's side polls it. A request body still
+//! streaming when the response begins is written by a task of its own (the rare case), so
+//! both directions move whatever the other does, as they did with hyper's connection task.
 //!
 //! A connection is reused only when both messages ended as their framing said and
 //! nothing asked to close. An idle connection is checked before reuse without a system
@@ -529,13 +529,9 @@ pub async fn send(
         cut: false,
         back: None,
     };
-    if !writer.done && write_error.is_none() {
-        if upgrade {
-            // the tunnel takes the connection; a body after an upgrade request is not sent
-            body.reusable = false;
-        } else {
-            body.stream_rest(writer);
-        }
+    // the tunnel takes an upgraded connection: a body after an upgrade request is not sent
+    if !writer.done && write_error.is_none() && !upgrade {
+        body.stream_rest(writer);
     }
     Ok(resp.map(|()| body))
 }
@@ -875,6 +871,12 @@ impl Drop for Body {
     }
 }
 
+/// Up to `left` bytes off the front of `buf` (never empty), and how many are left after.
+fn take(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let n = (buf.len() as u64).min(left);
+    (buf.split_to(n as usize).freeze(), left - n)
+}
+
 /// The next frame of a response body from `conn`.
 fn decode(
     framing: &mut Framing,
@@ -889,13 +891,12 @@ fn decode(
                 if conn.buf.is_empty() {
                     fill!(conn, cx, cut);
                 }
-                let n = (conn.buf.len() as u64).min(left);
-                *framing = if n == left {
+                let (data, left) = take(&mut conn.buf, left);
+                *framing = if left == 0 {
                     Framing::Done
                 } else {
-                    Framing::Length(left - n)
+                    Framing::Length(left)
                 };
-                let data = conn.buf.split_to(n as usize).freeze();
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             Framing::Close => {
@@ -927,13 +928,12 @@ fn decode(
                     fill!(conn, cx, cut);
                     continue;
                 }
-                let n = (conn.buf.len() as u64).min(left);
-                *framing = Framing::Chunked(if n == left {
+                let (data, left) = take(&mut conn.buf, left);
+                *framing = Framing::Chunked(if left == 0 {
                     Chunk::DataEnd
                 } else {
-                    Chunk::Data(left - n)
+                    Chunk::Data(left)
                 });
-                let data = conn.buf.split_to(n as usize).freeze();
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             Framing::Chunked(Chunk::DataEnd) => {
