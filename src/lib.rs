@@ -65,6 +65,7 @@ pub mod response;
 pub mod routing;
 pub mod server;
 pub mod split;
+pub mod timer;
 pub mod tls;
 pub mod upstream;
 

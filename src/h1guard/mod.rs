@@ -33,7 +33,6 @@
 
 mod scan;
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,10 +41,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::{Limits, Timeouts};
 use crate::metrics::BackendCounters;
+use crate::timer::LazyTimer;
 
 pub use scan::{BodyError, HeadError, Scanner, Verdict};
 
@@ -118,7 +118,7 @@ pub struct H1Guard<I> {
     since: Instant,
     /// Written since `since` was last moved: activity that keeps an idle deadline away.
     wrote: bool,
-    timer: Pin<Box<Sleep>>,
+    timer: LazyTimer,
     head_timeout: Duration,
     idle_timeout: Duration,
     scanner: Scanner,
@@ -158,7 +158,7 @@ impl<I> H1Guard<I> {
             },
             since: now,
             wrote: false,
-            timer: Box::pin(tokio::time::sleep_until(now + timeouts.client_header)),
+            timer: LazyTimer::new(now + timeouts.client_header),
             head_timeout: timeouts.client_header,
             idle_timeout: timeouts.idle,
             scanner: Scanner::new(limits),
@@ -368,10 +368,10 @@ impl<I> H1Guard<I> {
     fn arm(&mut self, cx: &mut Context<'_>) {
         if let Some(deadline) = self.deadline() {
             if self.timer.deadline() > deadline || self.timer.is_elapsed() {
-                self.timer.as_mut().reset(deadline);
+                self.timer.reset(deadline);
             }
             // registers the waker; the expiry itself is handled in poll_read
-            let _ = self.timer.as_mut().poll(cx);
+            let _ = self.timer.poll(cx);
         }
     }
 }
@@ -441,6 +441,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> H1Guard<I> {
         let Some(mut deadline) = self.deadline() else {
             return Poll::Pending;
         };
+        if self.timer.deadline() <= deadline && self.timer.waits(cx) {
+            // it wakes this task by the deadline, which is checked then: no clock read
+            return Poll::Pending;
+        }
         loop {
             if Instant::now() >= deadline {
                 if self.phase == Phase::Idle && self.wrote {
@@ -455,9 +459,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> H1Guard<I> {
             // the timer only ever needs to be moved earlier here; a later deadline
             // is checked when the earlier one fires
             if self.timer.deadline() > deadline || self.timer.is_elapsed() {
-                self.timer.as_mut().reset(deadline);
+                self.timer.reset(deadline);
             }
-            match self.timer.as_mut().poll(cx) {
+            match self.timer.poll(cx) {
                 Poll::Ready(()) => continue,
                 Poll::Pending => return Poll::Pending,
             }
@@ -518,8 +522,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> H1Guard<I> {
                                 self.linger = Linger::No;
                                 continue;
                             }
-                            self.timer.as_mut().reset(until);
-                            if self.timer.as_mut().poll(cx).is_ready() {
+                            self.timer.reset(until);
+                            if self.timer.poll(cx).is_ready() {
                                 self.linger = Linger::No;
                                 continue;
                             }
