@@ -123,6 +123,34 @@ pub struct Conn {
     /// Room made before a read: doubled while reads fill it (a large body), back to
     /// `READ_ROOM` when the connection goes idle.
     room: usize,
+    /// The field names of the last response heads, by position: a backend sends the same
+    /// names in the same order, and a name found here is a comparison and a clone, where
+    /// `HeaderName::from_bytes` lowercases, looks up and (custom names) allocates.
+    names: Names,
+}
+
+/// Field names by their position in a response head, as the backend spelled them.
+#[derive(Default)]
+struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+/// Positions remembered: more fields than that are parsed every time.
+const NAMES_KEPT: usize = 32;
+
+impl Names {
+    fn get(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, H1Error> {
+        if let Some((seen, name)) = self.0.get(i) {
+            if **seen == *raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| H1Error::Invalid("bad header name"))?;
+        if i < self.0.len() {
+            self.0[i] = (raw.into(), name.clone());
+        } else if i == self.0.len() && i < NAMES_KEPT {
+            self.0.push((raw.into(), name.clone()));
+        }
+        Ok(name)
+    }
 }
 
 impl Conn {
@@ -131,6 +159,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             room: READ_ROOM,
+            names: Names::default(),
         }
     }
 
@@ -561,7 +590,7 @@ fn poll_head(
     loop {
         if !conn.buf.is_empty() {
             let before = conn.buf.len();
-            if let Some(parsed) = parse_head(&mut conn.buf, head_request)? {
+            if let Some(parsed) = parse_head(&mut conn.buf, &mut conn.names, head_request)? {
                 return Poll::Ready(Ok(parsed));
             }
             if conn.buf.len() < before {
@@ -587,7 +616,11 @@ fn poll_head(
 
 /// A final response head from the front of `buf`, taken off it; `None` while incomplete
 /// (or after an interim response, which is dropped).
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    names: &mut Names,
+    head_request: bool,
+) -> Result<Option<Head>, H1Error> {
     // uninitialised: zeroing room for 100 fields would cost more than parsing them
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -641,10 +674,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     // `Connection` names fields besides its usual tokens
     let mut nominates = false;
-    for &(name_at, name_len, value_at, value_len) in &*at {
+    for (i, &(name_at, name_len, value_at, value_len)) in at.iter().enumerate() {
         let (name_at, value_at) = (name_at as usize, value_at as usize);
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
-            .map_err(|_| H1Error::Invalid("bad header name"))?;
+        let name = names.get(i, &head[name_at..name_at + name_len as usize])?;
         let value = head.slice(value_at..value_at + value_len as usize);
         let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| H1Error::Invalid("bad header value"))?;
