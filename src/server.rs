@@ -336,11 +336,23 @@ async fn watched<C: Future>(
     closing: &mut watch::Receiver<()>,
     shut: impl FnOnce(Pin<&mut C>),
 ) -> C::Output {
+    // `changed` is polled once, which leaves the task's waker with the channel; every later
+    // poll of the connection (several per request) only compares versions through a clone,
+    // an atomic load instead of a poll of the channel's `Notified`
+    let probe = closing.clone();
     let mut changed = pin!(closing.changed());
+    let mut registered = false;
     let mut shut = Some(shut);
     poll_fn(|cx| {
-        if shut.is_some() && changed.as_mut().poll(cx).is_ready() {
-            if let Some(shut) = shut.take() {
+        if shut.is_some() {
+            let asked = if registered {
+                // a send, or the sender gone
+                !matches!(probe.has_changed(), Ok(false))
+            } else {
+                registered = true;
+                changed.as_mut().poll(cx).is_ready()
+            };
+            if let Some(shut) = shut.take_if(|_| asked) {
                 shut(connection.as_mut());
             }
         }
