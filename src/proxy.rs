@@ -8,9 +8,12 @@
 //! Bodies stream through in both directions; the request body is checked against
 //! `limits.requestBodyBytes` on its way (`upstream::body`).
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -30,8 +33,9 @@ use crate::live::Worker;
 use crate::metrics::BackendCounters;
 use crate::response::{error_chain, Body, ProxyError};
 use crate::routing::{Backend, Picked, RoutingTable, Split, Tried};
+use crate::timer::LazyTimer;
 use crate::upstream::h1::Io;
-use crate::upstream::{BodyError, RequestBody, SendError, Upstream, UpstreamBody};
+use crate::upstream::{Added, BodyError, RequestBody, SendError, Upstream, UpstreamBody};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -57,6 +61,9 @@ pub struct ConnInfo {
     pub caller: String,
     /// The caller's SPIFFE ID, for the access log.
     pub spiffe: Option<Arc<str>>,
+    /// The upstream timeout's timer, shared by the connection's requests when they come one
+    /// at a time (HTTP/1.1); None for HTTP/2, whose streams each take their own.
+    pub upstream_timer: Option<SerialTimer>,
 }
 
 impl ConnInfo {
@@ -82,7 +89,58 @@ impl ConnInfo {
             principal,
             caller,
             spiffe,
+            upstream_timer: None,
         }
+    }
+
+    /// For a connection whose requests come one at a time (HTTP/1.1): they share one
+    /// upstream timer.
+    pub fn serial(mut self) -> Self {
+        self.upstream_timer = Some(SerialTimer::default());
+        self
+    }
+}
+
+/// The upstream timeout of a connection whose requests come one at a time. A timer
+/// registered per request costs a wheel insertion and removal every time (about 900
+/// instructions, a third of the proxy's own request code); this one is made once, and like
+/// H1Guard's clock it moves forward lazily: a request's deadline is later than the one the
+/// timer holds, so the timer is left alone, and when it fires before the request's deadline
+/// it is set to it then (once per timeout period on a busy connection).
+#[derive(Default)]
+pub struct SerialTimer(std::cell::RefCell<Option<LazyTimer>>);
+
+impl SerialTimer {
+    /// `exchange`'s output, or None once `deadline` has passed.
+    async fn bound<F: Future>(
+        &self,
+        deadline: Instant,
+        mut exchange: Pin<&mut F>,
+    ) -> Option<F::Output> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        poll_fn(|cx| {
+            if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            // borrowed within this poll only, and nothing else polls it meanwhile
+            let Ok(mut slot) = self.0.try_borrow_mut() else {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            let timer = slot.get_or_insert_with(|| LazyTimer::new(deadline));
+            if timer.deadline() > deadline {
+                // an earlier deadline than the timer's (a reload shortened the timeout)
+                timer.reset(deadline);
+            }
+            while timer.poll(cx).is_ready() {
+                if timer.deadline() >= deadline {
+                    return Poll::Ready(None);
+                }
+                timer.reset(deadline);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -137,6 +195,7 @@ pub async fn handle(
         tries: 1,
         received: log.as_ref().and_then(Pending::received),
         log_id,
+        started,
     };
     let result = forward.send(&worker.upstream, conn, req).await;
     if let Some(log) = &mut log {
@@ -200,6 +259,8 @@ struct Forward<'t> {
     received: Option<Arc<AtomicU64>>,
     /// The new request id the access log took, for `accesslog::request_id`.
     log_id: Option<[u8; 36]>,
+    /// When the request arrived: the upstream timeout counts from here.
+    started: Instant,
 }
 
 impl Forward<'_> {
@@ -213,6 +274,7 @@ impl Forward<'_> {
             upgrade: downstream_upgrade,
             te_trailers,
             request_id_seen,
+            forwarded,
         } = prepare_request(&mut req, conn);
         let request_id = accesslog::request_id(req.headers_mut(), request_id_seen, self.log_id);
         // HTTP/1.1 hands a written head back (`SendError::written`); only HTTP/2 consumes
@@ -222,16 +284,24 @@ impl Forward<'_> {
         let received = self.received.take();
         let req = req.map(|body| RequestBody::new(body, self.table.body_limit).counting(received));
         let timeout = self.table.timeouts.upstream;
+        let deadline = self.started + timeout;
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
         let outcome = {
+            let added = Added {
+                te_trailers,
+                request_id: request_id.as_ref(),
+                fields: forwarded.fields(conn),
+            };
             // pinned where it stands: the timeout then holds a pointer, not a moved copy
-            let exchange =
-                std::pin::pin!(self.exchange(upstream, req, replay, te_trailers, request_id));
-            tokio::time::timeout(timeout, exchange).await
+            let exchange = std::pin::pin!(self.exchange(upstream, req, replay, &added));
+            match &conn.upstream_timer {
+                Some(timer) => timer.bound(deadline, exchange).await,
+                None => tokio::time::timeout(timeout, exchange).await.ok(),
+            }
         };
         let mut resp = match outcome {
-            Ok(result) => result?,
-            Err(_) => {
+            Some(result) => result?,
+            None => {
                 return Err(ProxyError::Timeout {
                     service: self.backend.service.clone(),
                     endpoint: self.endpoint.addr,
@@ -269,8 +339,7 @@ impl Forward<'_> {
         upstream: &Upstream,
         mut req: Request<RequestBody>,
         mut replay: Option<Replay>,
-        te_trailers: bool,
-        request_id: Option<[u8; 36]>,
+        added: &Added<'_>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let table = self.table;
         let mut attempts = table.retries;
@@ -279,13 +348,7 @@ impl Forward<'_> {
             let addr = self.endpoint.addr;
             let transport = &self.backend.transport;
             let sent = upstream
-                .send(
-                    transport,
-                    addr,
-                    table.timeouts.connect,
-                    (te_trailers, request_id.as_ref()),
-                    req,
-                )
+                .send(transport, addr, table.timeouts.connect, added, req)
                 .await;
             let SendError {
                 error,
@@ -403,6 +466,48 @@ pub struct Prepared {
     pub te_trailers: bool,
     /// The request has an `x-request-id` (for `accesslog::request_id`).
     pub request_id_seen: bool,
+    /// The forwarding fields the request did not have, still to be added.
+    pub forwarded: Forwarded,
+}
+
+/// Forwarding fields for a request that had none of that name, left out of its map for
+/// the upstream send to add (`upstream::Added`). A client's own are replaced (or, for
+/// `x-forwarded-for`, appended to) in the map.
+#[derive(Default)]
+pub struct Forwarded {
+    /// `x-forwarded-for`: the peer IP.
+    pub peer: bool,
+    /// `x-forwarded-proto`.
+    pub proto: bool,
+    /// `x-forwarded-host`.
+    pub host: Option<HeaderValue>,
+    /// `x-forwarded-client-cert`: the connection's.
+    pub xfcc: bool,
+}
+
+impl Forwarded {
+    /// The fields, as `upstream::Added` takes them.
+    pub fn fields<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+    ) -> [Option<(&'static HeaderName, &'a HeaderValue)>; 4] {
+        [
+            self.peer.then_some((&X_FORWARDED_FOR, &conn.peer_ip)),
+            self.proto.then_some((&X_FORWARDED_PROTO, &conn.proto)),
+            self.host.as_ref().map(|h| (&X_FORWARDED_HOST, h)),
+            conn.xfcc
+                .as_ref()
+                .filter(|_| self.xfcc)
+                .map(|x| (&X_FORWARDED_CLIENT_CERT, x)),
+        ]
+    }
+
+    /// Into `headers` (what an HTTP/2 send does).
+    pub fn insert_into(&self, headers: &mut HeaderMap, conn: &ConnInfo) {
+        for (name, value) in self.fields(conn).into_iter().flatten() {
+            headers.insert(name, value.clone());
+        }
+    }
 }
 
 /// Rewrite a downstream request for the upstream: origin-form URI, hop-by-hop headers
@@ -453,16 +558,31 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    append_forwarded_for(headers, &conn.peer_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    // a field the client sent is rewritten in the map; one it did not is added by the send
+    let mut forwarded = Forwarded::default();
+    if seen & XFF_BIT != 0 {
+        append_forwarded_for(headers, &conn.peer_ip);
+    } else {
+        forwarded.peer = true;
+    }
+    if seen & XFP_BIT != 0 {
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    } else {
+        forwarded.proto = true;
+    }
     if !host.is_empty() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        if seen & XFH_BIT != 0 {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        } else {
+            forwarded.host = Some(host);
+        }
     }
     // A caller never chooses its own identity.
     match &conn.xfcc {
-        Some(xfcc) => {
+        Some(xfcc) if seen & XFCC_BIT != 0 => {
             headers.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
         }
+        Some(_) => forwarded.xfcc = true,
         None if seen & XFCC_BIT != 0 => {
             headers.remove(&X_FORWARDED_CLIENT_CERT);
         }
@@ -472,6 +592,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
         upgrade: on_upgrade,
         te_trailers,
         request_id_seen: seen & REQUEST_ID_BIT != 0,
+        forwarded,
     }
 }
 
@@ -507,6 +628,9 @@ pub(crate) static HOP_BY_HOP: [&HeaderName; 7] = [
 ];
 const XFCC_BIT: u16 = 1 << 8;
 const REQUEST_ID_BIT: u16 = 1 << 9;
+const XFF_BIT: u16 = 1 << 10;
+const XFP_BIT: u16 = 1 << 11;
+const XFH_BIT: u16 = 1 << 12;
 /// `TE`'s bit: `HOP_BY_HOP[2]`.
 const TE_BIT: u16 = 2 << 2;
 
@@ -535,6 +659,12 @@ fn scan(headers: &HeaderMap) -> u16 {
             seen |= XFCC_BIT;
         } else if name == accesslog::X_REQUEST_ID {
             seen |= REQUEST_ID_BIT;
+        } else if name == X_FORWARDED_FOR {
+            seen |= XFF_BIT;
+        } else if name == X_FORWARDED_PROTO {
+            seen |= XFP_BIT;
+        } else if name == X_FORWARDED_HOST {
+            seen |= XFH_BIT;
         } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
             seen |= 2 << i;
         }
@@ -703,7 +833,8 @@ mod tests {
             .header(header::HOST, "evil")
             .body(())
             .unwrap();
-        prepare_request(&mut req, &conn);
+        let prepared = prepare_request(&mut req, &conn);
+        prepared.forwarded.insert_into(req.headers_mut(), &conn);
         assert_eq!(req.uri(), "/p?q");
         assert_eq!(req.headers()[header::HOST], "web.default:8443");
         assert_eq!(req.headers()[&X_FORWARDED_HOST], "web.default:8443");
@@ -739,6 +870,77 @@ mod tests {
             assert!(req.headers().get(header::TE).is_none());
             assert!(req.headers().get(header::CONNECTION).is_none());
         }
+    }
+
+    #[test]
+    fn forwarding_fields_a_client_sent_are_rewritten_the_others_left_to_the_send() {
+        let xfcc = HeaderValue::from_static("By=spiffe://x;URI=spiffe://y");
+        let peer = SocketAddr::from(([10, 0, 0, 9], 1));
+        let conn = ConnInfo::new(peer, true, None, Some(xfcc.clone()));
+        let mut req = Request::get("/")
+            .header(header::HOST, "web")
+            .body(())
+            .unwrap();
+        let prepared = prepare_request(&mut req, &conn);
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_FORWARDED_CLIENT_CERT,
+        ] {
+            assert!(!req.headers().contains_key(name), "{name} in the map");
+        }
+        let fields: Vec<_> = prepared
+            .forwarded
+            .fields(&conn)
+            .into_iter()
+            .flatten()
+            .map(|(n, v)| (n.as_str().to_string(), v.clone()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    "x-forwarded-for".to_string(),
+                    HeaderValue::from_static("10.0.0.9")
+                ),
+                (
+                    "x-forwarded-proto".to_string(),
+                    HeaderValue::from_static("https")
+                ),
+                (
+                    "x-forwarded-host".to_string(),
+                    HeaderValue::from_static("web")
+                ),
+                ("x-forwarded-client-cert".to_string(), xfcc.clone()),
+            ]
+        );
+        // sent by the client: rewritten in place, nothing left to add
+        let mut req = Request::get("/")
+            .header(header::HOST, "web")
+            .header(&X_FORWARDED_FOR, "1.1.1.1")
+            .header(&X_FORWARDED_PROTO, "gopher")
+            .header(&X_FORWARDED_HOST, "evil")
+            .header(&X_FORWARDED_CLIENT_CERT, "By=forged")
+            .body(())
+            .unwrap();
+        let prepared = prepare_request(&mut req, &conn);
+        assert!(prepared.forwarded.fields(&conn).iter().all(Option::is_none));
+        let h = req.headers();
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 10.0.0.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "web");
+        assert_eq!(h[&X_FORWARDED_CLIENT_CERT], xfcc);
+        // no client certificate: a forged XFCC is dropped, none added
+        let conn = ConnInfo::new(peer, false, None, None);
+        let mut req = Request::get("/")
+            .header(header::HOST, "web")
+            .header(&X_FORWARDED_CLIENT_CERT, "By=forged")
+            .body(())
+            .unwrap();
+        let prepared = prepare_request(&mut req, &conn);
+        assert!(!req.headers().contains_key(&X_FORWARDED_CLIENT_CERT));
+        assert!(prepared.forwarded.fields(&conn)[3].is_none());
     }
 
     #[test]

@@ -268,7 +268,10 @@ where
                 None => return,
             }
         };
-        let conn = Rc::new(conn(&io));
+        let http2 = h2 || first.as_slice() == H2_PREFACE;
+        let conn = conn(&io);
+        // HTTP/1.1 requests come one at a time: they can share one upstream timer
+        let conn = Rc::new(if http2 { conn } else { conn.serial() });
         let peer = conn.peer;
         let (timeouts, limits) = (&settings.timeouts, &settings.limits);
         let max_fields = limits.request_headers;
@@ -283,7 +286,6 @@ where
                 Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
             }
         });
-        let http2 = h2 || first.as_slice() == H2_PREFACE;
         let unrouted = settings.unrouted.clone();
         let guard = H1Guard::new(io, timeouts, limits, h2, unrouted).already_read(first);
         let io = TokioIo::new(guard);

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 
 use super::body::{BodyError, RequestBody};
 use super::pool::{Pool, PoolKey};
+use super::Added;
 
 /// Header fields a response head may have (hyper's client default).
 const MAX_HEADERS: usize = 100;
@@ -277,7 +278,7 @@ impl Writer {
     /// Encode the head of `parts` (origin-form URI, `Host` set) and settle the body's
     /// framing the way hyper's client does: the request's own `Content-Length`, else the
     /// body's exact size, else chunked; GET, HEAD and CONNECT of unknown length send none.
-    fn new(parts: &Parts, body: RequestBody, request_id: Option<&[u8; 36]>) -> Writer {
+    fn new(parts: &Parts, body: RequestBody, added: &Added<'_>) -> Writer {
         let mut wbuf = Vec::with_capacity(512);
         wbuf.extend_from_slice(parts.method.as_str().as_bytes());
         wbuf.push(b' ');
@@ -297,11 +298,12 @@ impl Writer {
             wbuf.extend_from_slice(value.as_bytes());
             wbuf.extend_from_slice(b"\r\n");
         }
-        if let Some(id) = request_id {
-            wbuf.extend_from_slice(b"x-request-id: ");
-            wbuf.extend_from_slice(id);
+        added.each(|name, value| {
+            wbuf.extend_from_slice(name);
+            wbuf.extend_from_slice(b": ");
+            wbuf.extend_from_slice(value);
             wbuf.extend_from_slice(b"\r\n");
-        }
+        });
         let mut chunked = false;
         let body = if body.is_end_stream() {
             None
@@ -496,16 +498,16 @@ fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
 
 /// One exchange on `conn`: write the request and read the response head, both at once
 /// (a backend may answer before the request body ends). `reused`: the connection served
-/// an earlier request; `request_id`: a new `x-request-id` to write beside the headers.
+/// an earlier request; `added`: fields written after the request's own.
 pub async fn send(
     mut conn: Conn,
     req: Request<RequestBody>,
     reused: bool,
-    request_id: Option<&[u8; 36]>,
+    added: &Added<'_>,
 ) -> Result<Response<Body>, Box<Failure>> {
     let (parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
-    let mut writer = Writer::new(&parts, body, request_id);
+    let mut writer = Writer::new(&parts, body, added);
     let head = parts.method == Method::HEAD;
     let mut write_error = None;
     let mut read_any = false;

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -131,7 +131,7 @@ impl Upstream {
         transport: &Transport,
         addr: SocketAddr,
         connect_timeout: Duration,
-        (te_trailers, request_id): (bool, Option<&[u8; 36]>),
+        added: &Added<'_>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Box<SendError>> {
         let key = PoolKey {
@@ -139,13 +139,9 @@ impl Upstream {
             transport: transport.id(),
         };
         if transport.h2 {
-            if let Some(id) = request_id {
-                let value = crate::accesslog::request_id_value(id);
-                req.headers_mut()
-                    .insert(crate::accesslog::X_REQUEST_ID.clone(), value);
-            }
+            added.insert(req.headers_mut());
             return self
-                .send_h2(transport, key, connect_timeout, te_trailers, req)
+                .send_h2(transport, key, connect_timeout, added, req)
                 .await;
         }
         loop {
@@ -162,7 +158,7 @@ impl Upstream {
                     }
                 },
             };
-            match h1::send(conn, req, reused, request_id).await {
+            match h1::send(conn, req, reused, added).await {
                 Ok(resp) => {
                     return Ok(resp.map(|mut body| {
                         body.give_back_to((self.pool.clone(), key));
@@ -194,10 +190,15 @@ impl Upstream {
         transport: &Transport,
         key: PoolKey,
         timeout: Duration,
-        te_trailers: bool,
+        added: &Added<'_>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, Box<SendError>> {
-        h2_form(&mut req, transport.tls.is_some(), key.addr, te_trailers);
+        h2_form(
+            &mut req,
+            transport.tls.is_some(),
+            key.addr,
+            added.te_trailers,
+        );
         let mut retried = false;
         loop {
             let mut sender = match self.pool.h2_take(key) {
@@ -215,7 +216,7 @@ impl Upstream {
                     Err(error) => {
                         return Err(Box::new(SendError {
                             error,
-                            unsent: Some(h1_form(req, te_trailers)),
+                            unsent: Some(h1_form(req, added)),
                             written: None,
                         }))
                     }
@@ -231,13 +232,57 @@ impl Upstream {
                     }
                     unsent => {
                         return Err(Box::new(SendError {
-                            unsent: unsent.map(|r| h1_form(r, te_trailers)),
+                            unsent: unsent.map(|r| h1_form(r, added)),
                             error: e.into_error().into(),
                             written: None,
                         }))
                     }
                 },
             }
+        }
+    }
+}
+
+/// Fields the proxy adds to a request that the client did not send (`x-forwarded-*`,
+/// XFCC, a new `x-request-id`), kept out of its `HeaderMap`: an HTTP/1.1 head gets them
+/// written after the client's fields, where inserting them would hash each name and grow
+/// the map hyper sized for the client's fields (about 500 instructions a request); an
+/// HTTP/2 request gets them inserted.
+#[derive(Default)]
+pub struct Added<'a> {
+    /// The client's `TE` listed `trailers`: an HTTP/2 upstream gets `te: trailers`.
+    pub te_trailers: bool,
+    pub request_id: Option<&'a [u8; 36]>,
+    pub fields: [Option<(&'static HeaderName, &'a HeaderValue)>; 4],
+}
+
+impl Added<'_> {
+    /// The fields (and the request id) as `(name, value)` byte strings, for a head.
+    pub fn each(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        for (name, value) in self.fields.iter().flatten() {
+            f(name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(id) = self.request_id {
+            f(b"x-request-id", id);
+        }
+    }
+
+    fn insert(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields.iter().flatten() {
+            headers.insert(*name, (*value).clone());
+        }
+        if let Some(id) = self.request_id {
+            let value = crate::accesslog::request_id_value(id);
+            headers.insert(crate::accesslog::X_REQUEST_ID.clone(), value);
+        }
+    }
+
+    fn remove(&self, headers: &mut HeaderMap) {
+        for (name, _) in self.fields.iter().flatten() {
+            headers.remove(*name);
+        }
+        if self.request_id.is_some() {
+            headers.remove(&crate::accesslog::X_REQUEST_ID);
         }
     }
 }
@@ -275,12 +320,14 @@ fn h2_form(req: &mut Request<RequestBody>, tls: bool, addr: SocketAddr, te_trail
     *req.version_mut() = Version::HTTP_2;
 }
 
-/// Back to the HTTP/1.1 form (origin-form URI; `Host` was kept) for a request that goes
-/// elsewhere after an HTTP/2 try that never sent it.
-fn h1_form(mut req: Request<RequestBody>, te_trailers: bool) -> Request<RequestBody> {
-    if te_trailers {
+/// Back to the HTTP/1.1 form (origin-form URI; `Host` was kept; the added fields out of
+/// the map again, an HTTP/1.1 head writes them) for a request that goes elsewhere after an
+/// HTTP/2 try that never sent it.
+fn h1_form(mut req: Request<RequestBody>, added: &Added<'_>) -> Request<RequestBody> {
+    if added.te_trailers {
         req.headers_mut().remove(http::header::TE);
     }
+    added.remove(req.headers_mut());
     if let Some(path) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(path);
     }

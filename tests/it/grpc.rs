@@ -636,6 +636,11 @@ async fn trailers_pass_both_ways_and_te_trailers_reaches_an_h2_backend() {
     let ids: Vec<_> = seen.headers.get_all("x-request-id").iter().collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(ids[0].len(), 36, "a UUID: {:?}", ids[0]);
+    // and the forwarding fields, once each (an HTTP/1.1 head writes them, HTTP/2 inserts)
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+        let n = seen.headers.get_all(name).iter().count();
+        assert_eq!(n, 1, "{name}: {:?}", seen.headers);
+    }
 
     // without TE the backend gets none
     let req = Request::get("https://web/t")

@@ -190,6 +190,28 @@ async fn hanging_backend_is_504_at_the_configured_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_added_once_when_the_client_sent_none() {
+    let (v1, _v2, proxy) = two_backends(1, 0).await;
+    for _ in 0..2 {
+        let req = Request::get(proxy.url("/"))
+            .header("host", "web.default")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&client(), req).await.status, StatusCode::OK);
+        let h = v1.last_headers();
+        for (name, value) in [
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "web.default"),
+        ] {
+            let all: Vec<_> = h.get_all(name).iter().collect();
+            assert_eq!(all, [value], "{name}: {h:?}");
+        }
+        assert!(!h.contains_key("x-forwarded-client-cert"), "{h:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_removed_and_forwarding_headers_set() {
     let (v1, _v2, proxy) = two_backends(1, 0).await;
     let req = Request::get(proxy.url("/path?q=1"))
