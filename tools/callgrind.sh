@@ -22,8 +22,10 @@
 #                 µs per request and the user share. The kernel part is mostly the loopback
 #                 TCP path of both hops: the floor the kernel sets.
 #
-#   bash tools/callgrind.sh [BINARY] [plain|mtls|plain,mtls] [--peers nginx,haproxy,splitproxy]
+#   bash tools/callgrind.sh [BINARY] [MODES] [--peers nginx,haproxy,splitproxy]
 #                           [--top N] [--native-only]
+#     MODES    comma-separated, default plain: plain (HTTP/1.1), mtls (HTTP/1.1 over mTLS),
+#              h2 (the bench's mtls-h2: HTTP/2 over mTLS, `--h2 -c 8 --streams 8`)
 #     --native-only  skip callgrind: only the native figures (system calls, CPU split), e.g.
 #              to repeat them when the machine is quieter
 #     --top N  also list each proxy's N costliest functions (callgrind self cost per request,
@@ -32,6 +34,10 @@
 #              when splitproxy is among the peers
 #     needs    valgrind, perf (linux-perf), taskset, nginx, haproxy, and the bench set up
 #              (bash ../shared/bench/setup.sh: certificates, splitload)
+# h2 runs for a time, not a count (splitload's --h2 ignores -n): CG_H2_SMALL_SECS /
+# CG_H2_LARGE_SECS (callgrind, default 5 / 25), CG_H2_SYSCALL_SECS (1), CG_H2_CPU_SECS (3);
+# every figure is divided by the requests answered in that load (requests still in flight
+# at its end move it by well under 1%).
 # Environment: CG_SMALL / CG_LARGE (callgrind loads, default 2000 / 22000; CG_MTLS_SMALL /
 # CG_MTLS_LARGE for nginx and HAProxy in mTLS, default 1000 / 11000: OpenSSL under
 # valgrind is slow, and both runs shrink alike so start-up still cancels), CG_SYSCALL_N
@@ -102,7 +108,7 @@ while (($#)); do
 done
 for a in "${positional[@]}"; do
   case $a in
-    plain|mtls|plain,mtls|mtls,plain) modes=$a ;;
+    plain|mtls|h2|*,*) modes=$a ;;
     *) bin=$a ;;
   esac
 done
@@ -115,6 +121,11 @@ cpu_n=${CG_CPU_N:-100000}
 vg_timeout=${CG_VALGRIND_TIMEOUT:-120}
 mtls_small=${CG_MTLS_SMALL:-1000}
 mtls_large=${CG_MTLS_LARGE:-11000}
+h2_small_secs=${CG_H2_SMALL_SECS:-5}
+h2_large_secs=${CG_H2_LARGE_SECS:-25}
+h2_syscall_secs=${CG_H2_SYSCALL_SECS:-1}
+h2_cpu_secs=${CG_H2_CPU_SECS:-3}
+h2_note=""
 [[ $top =~ ^[0-9]+$ ]] || { echo "callgrind.sh: --top needs a number" >&2; exit 2; }
 ((large > small && mtls_large > mtls_small)) || { echo "callgrind.sh: CG_LARGE must exceed CG_SMALL" >&2; exit 2; }
 
@@ -136,7 +147,7 @@ for p in "${peers[@]}"; do
     *) die "unknown peer $p (nginx, haproxy, splitproxy)" ;;
   esac
 done
-for m in "${modes[@]}"; do [[ $m == plain || $m == mtls ]] || die "unknown mode $m (plain | mtls)"; done
+for m in "${modes[@]}"; do [[ $m == plain || $m == mtls || $m == h2 ]] || die "unknown mode $m (plain | mtls | h2)"; done
 # tracepoints need perf_event_paranoid <= -1 for a non-root user, or root with a mounted
 # tracefs: try once, lower the setting only if that is what stops perf (restored on exit)
 if ! perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>"$tmp/perf-check.log"; then
@@ -177,6 +188,8 @@ fi
 # exits through its normal path, so that callgrind writes its counts).
 proxy_cmd() {
   local peer=$1 mode=$2 d
+  # h2 is the bench's mtls-h2: the mTLS config (ALPN offers h2), the client picks h2
+  [[ $mode == h2 ]] && mode=mtls
   case $peer in
     nginx)
       bash "$bench/proxies/nginx.sh" config "$mode" 50,50 >/dev/null
@@ -202,15 +215,26 @@ export SPLITPROXY_WORKERS=1   # exported, not `env VAR=1 bin`: valgrind must see
 
 LOAD_URL=""
 LOAD_TLS=()
-load() { # N: N requests of `splitload -c 64`, keep-alive, on the client core
-  taskset -c "$BENCH_CLIENT_CPU" "$SPLITLOAD" "$LOAD_URL" -c 64 -n "$1" -d 600 -w 0 \
+LOAD_CONNS=(-c 64)
+LOADED=0
+load() { # N SECS: N requests of `splitload -c 64`, keep-alive, on the client core; h2: 8
+  # connections x 8 streams for SECS seconds (splitload's --h2 does not stop at -n: its
+  # connections reconnect until -d ends). LOADED = the requests answered.
+  local count=(-n "$1" -d 600)
+  [[ $mode == h2 ]] && count=(-d "$2")
+  taskset -c "$BENCH_CLIENT_CPU" "$SPLITLOAD" "$LOAD_URL" "${LOAD_CONNS[@]}" "${count[@]}" -w 0 \
     --host "$BENCH_HOST" --timeout 60 "${LOAD_TLS[@]}" >"$tmp/load.json" 2>"$tmp/load.err" &
   local pid=$!
   started+=("$pid")
   wait "$pid" || die "splitload failed: $(tail -n 3 "$tmp/load.err")"
   forget "$pid"
   # a proxy answering errors would be measured doing something else: every request must be a 200
-  grep -q "\"ok\":$1," "$tmp/load.json" && grep -q '"errors_total":0,' "$tmp/load.json" ||
+  if [[ $mode == h2 ]]; then
+    LOADED=$(sed -n 's/.*"responses_incl_warmup":\([0-9]*\).*/\1/p' "$tmp/load.json")
+  else
+    grep -q "\"ok\":$1," "$tmp/load.json" && LOADED=$1 || LOADED=0
+  fi
+  [[ $LOADED =~ ^[0-9]+$ ]] && ((LOADED > 0)) && grep -q '"errors_total":0,' "$tmp/load.json" ||
     die "not every request succeeded through $peer ($mode): $(head -c 600 "$tmp/load.json")"
 }
 
@@ -238,12 +262,14 @@ finish() { # stops the proxy with STOP_SIG and waits (bounded) for it to exit
   forget "$PROXY_PID"
 }
 
-instructions() { # N: sets TOTAL, the user-space instructions of the proxy serving N requests
+instructions() { # N SECS: sets TOTAL, the user-space instructions of the proxy serving N
+  # requests (h2: SECS seconds of load; COUNT = the requests answered)
   # (a plain call, not $(...): a subshell would hide the PIDs it starts from the cleanup)
   local n=$1 f
   f=$tmp/cg.$peer.$mode.$n
   launch "$tmp/valgrind.$peer.$mode.$n.log" valgrind --tool=callgrind --callgrind-out-file="$f"
-  load "$n"
+  load "$n" "$2"
+  COUNT=$LOADED
   finish
   TOTAL=$(awk '/^(summary|totals):/ { print $2; exit }' "$f" 2>/dev/null || true)
   [[ $TOTAL =~ ^[0-9]+$ ]] || die "no callgrind totals for $peer $mode ($n requests); see $tmp/valgrind.$peer.$mode.$n.log (CG_KEEP=1)"
@@ -320,7 +346,7 @@ cpu_ticks() { # PID -> "utime stime" in clock ticks, all threads of the process
 
 native() { # native run: sets SYS (per request, 2 decimals), BREAK (per call), USER_US, KERN_US
   launch "$tmp/native.$peer.$mode.log"
-  load 2000   # warm-up: upstream connections opened, caches and allocator warm
+  load 2000 1   # warm-up: upstream connections opened, caches and allocator warm
   local ctl=$tmp/perf.ctl ack=$tmp/perf.ack out=$tmp/perf.$peer.$mode ev=(-e raw_syscalls:sys_enter) s
   rm -f "$ctl" "$ack"
   mkfifo "$ctl" "$ack"
@@ -331,27 +357,29 @@ native() { # native run: sets SYS (per request, 2 decimals), BREAK (per call), U
   started+=("$perf_pid")
   echo enable >&"$ctl_fd"
   read -r -t 30 -u "$ack_fd" a || die "perf did not start counting"
-  load "$syscall_n"
+  load "$syscall_n" "$h2_syscall_secs"
+  local calls_n=$LOADED
   echo disable >&"$ctl_fd"
   read -r -t 30 -u "$ack_fd" a || die "perf did not stop counting"
   kill -INT "$perf_pid"
   wait "$perf_pid" 2>/dev/null || true
   forget "$perf_pid"
   exec {ctl_fd}>&- {ack_fd}>&-
-  SYS=$(awk -F, -v n="$syscall_n" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / n }' "$out")
-  BREAK=$(awk -F, -v n="$syscall_n" '$3 ~ /^syscalls:sys_enter_/ && $1 > 0 {
+  SYS=$(awk -F, -v n="$calls_n" '$3 == "raw_syscalls:sys_enter" { printf "%.2f", $1 / n }' "$out")
+  BREAK=$(awk -F, -v n="$calls_n" '$3 ~ /^syscalls:sys_enter_/ && $1 > 0 {
       sub(/^syscalls:sys_enter_/, "", $3); printf "%s %.2f\n", $3, $1 / n }' "$out" |
     sort -k2,2 -rn | awk -v all="$SYS" '$2 >= 0.01 { printf "%s%s %s", sep, $1, $2; sep = ", "; sum += $2 }
       END { if (all - sum >= 0.01) printf "%sother %.2f", sep, all - sum }')
   [[ -n $SYS ]] || die "perf counted nothing for $peer $mode; see $out (CG_KEEP=1)"
   local u0 s0 u1 s1
   read -r u0 s0 < <(cpu_ticks "$PROXY_PID")
-  load "$cpu_n"
+  load "$cpu_n" "$h2_cpu_secs"
+  local cpu_req=$LOADED
   read -r u1 s1 < <(cpu_ticks "$PROXY_PID")
   RPS=$(sed -n 's/.*"rps":\([0-9.]*\).*/\1/p' "$tmp/load.json" | awk '{ printf "%.0f", $1 }')
   finish
-  USER_US=$(awk -v t="$((u1 - u0))" -v hz="$clk_tck" -v n="$cpu_n" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
-  KERN_US=$(awk -v t="$((s1 - s0))" -v hz="$clk_tck" -v n="$cpu_n" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  USER_US=$(awk -v t="$((u1 - u0))" -v hz="$clk_tck" -v n="$cpu_req" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  KERN_US=$(awk -v t="$((s1 - s0))" -v hz="$clk_tck" -v n="$cpu_req" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
 }
 
 group() { # 1234567 -> 1 234 567 (as the README writes figures)
@@ -366,7 +394,9 @@ mtls_note=""
 for mode in "${modes[@]}"; do
   LOAD_URL=http://127.0.0.1:$BENCH_PROXY_PORT/
   LOAD_TLS=()
-  if [[ $mode == mtls ]]; then
+  LOAD_CONNS=(-c 64)
+  [[ $mode == h2 ]] && LOAD_CONNS=(--h2 -c 8 --streams 8)
+  if [[ $mode == mtls || $mode == h2 ]]; then
     LOAD_URL=https://127.0.0.1:$BENCH_PROXY_PORT/
     LOAD_TLS=(--cert "$BENCH_CERTS/client.pem" --key "$BENCH_CERTS/client-key.pem" --cacert "$BENCH_CERTS/ca.pem" --sni localhost)
   fi
@@ -377,20 +407,22 @@ for mode in "${modes[@]}"; do
     n_lo=$small n_hi=$large
     # OpenSSL's TLS under valgrind is what makes a full run slow: nginx and HAProxy count
     # half as many requests in mTLS (both runs shrink, so start-up still cancels out)
-    if [[ $mode == mtls && $peer != splitproxy ]] && ((!native_only)); then
+    if [[ $mode != plain && $peer != splitproxy ]] && ((!native_only)); then
       n_lo=$mtls_small n_hi=$mtls_large
-      mtls_note=" (nginx and HAProxy in mTLS: $n_lo and $n_hi)"
+      mtls_note=" (nginx and HAProxy over TLS: $n_lo and $n_hi)"
     fi
     ipr=-
     if ((!native_only)); then
-      instructions "$n_lo"; lo=$TOTAL
-      instructions "$n_hi"; hi=$TOTAL
-      ipr=$(group "$(( (hi - lo) / (n_hi - n_lo) ))")
+      instructions "$n_lo" "$h2_small_secs"; lo=$TOTAL c_lo=$COUNT
+      instructions "$n_hi" "$h2_large_secs"; hi=$TOTAL c_hi=$COUNT
+      ((c_hi > c_lo)) || die "the larger load answered no more requests ($c_hi) than the smaller ($c_lo)"
+      ipr=$(group "$(( (hi - lo) / (c_hi - c_lo) ))")
+      if [[ $mode == h2 ]]; then h2_note+=" h2 $peer: $c_lo and $c_hi requests in ${h2_small_secs} s and ${h2_large_secs} s;"; fi
     fi
     if ((top > 0 && !native_only)); then
       tops+=("" "Top $top functions of $peer ($mode) by self cost, instructions per request:" ""
         "| instr/req | function |" "| ---: | --- |"
-        "$(top_functions "$tmp/cg.$peer.$mode.$n_lo" "$tmp/cg.$peer.$mode.$n_hi" "$((n_hi - n_lo))")")
+        "$(top_functions "$tmp/cg.$peer.$mode.$n_lo" "$tmp/cg.$peer.$mode.$n_hi" "$((c_hi - c_lo))")")
     fi
     native
     total_us=$(awk -v u="$USER_US" -v k="$KERN_US" 'BEGIN { printf "%.1f", u + k }')
@@ -402,8 +434,8 @@ for mode in "${modes[@]}"; do
 done
 
 echo
-echo "Per proxied request: splitload -c 64, keep-alive, split 50/50, one worker each (splitproxy: $bin)."
-echo "instr/req: callgrind, (total($large) - total($small)) / $((large - small)) requests$mtls_note; syscalls/req: perf stat"
+echo "Per proxied request: splitload -c 64 (h2: --h2 -c 8 --streams 8), keep-alive, split 50/50, one worker each (splitproxy: $bin)."
+echo "instr/req: callgrind, (total($large) - total($small)) / $((large - small)) requests$mtls_note;$h2_note syscalls/req: perf stat"
 echo "over $syscall_n requests; CPU: utime and stime (/proc/PID/stat) over $cpu_n requests, native, the proxy"
 echo "on CPU $BENCH_PROXY_CPU and the load generator and backends on CPU $BENCH_CLIENT_CPU. Load average $load_start at the"
 echo "start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($SECONDS s). Other programs on the machine move the CPU figures"
