@@ -425,16 +425,21 @@ impl Scanner {
     /// `method SP request-target SP HTTP-version`, each part exactly so.
     fn request_line(&mut self, line: &[u8]) -> Result<(), HeadError> {
         let bad = HeadError::RequestLine;
-        let sp = memchr::memchr(b' ', line).ok_or(bad)?;
+        // one pass finds each space and checks the bytes before it (a method and a target
+        // are short: cheaper than a memchr call and a second walk over each)
+        let sp = line.iter().position(|&b| !is_tchar(b)).ok_or(bad)?;
+        if sp == 0 || line[sp] != b' ' {
+            return Err(bad);
+        }
         let (method, rest) = (&line[..sp], &line[sp + 1..]);
-        if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        let sp = rest
+            .iter()
+            .position(|&b| b <= b' ' || b == 0x7f)
+            .ok_or(bad)?;
+        if sp == 0 || rest[sp] != b' ' {
             return Err(bad);
         }
-        let sp = memchr::memchr(b' ', rest).ok_or(bad)?;
-        let (target, version) = (&rest[..sp], &rest[sp + 1..]);
-        if target.is_empty() || !target.iter().all(|&b| b > b' ' && b != 0x7f) {
-            return Err(bad);
-        }
+        let version = &rest[sp + 1..];
         self.head.http10 = match version {
             b"HTTP/1.1" => false,
             b"HTTP/1.0" => true,
@@ -450,14 +455,13 @@ impl Scanner {
         if matches!(line.first(), Some(b' ' | b'\t')) {
             return Err(HeadError::ObsFold);
         }
-        let colon = memchr::memchr(b':', line).ok_or(HeadError::FieldName)?;
+        // a valid name is tchars up to the colon: one pass checks them and finds it (names
+        // are short); any other byte first takes the full check, which names the error
+        let colon = match line.iter().position(|&b| !is_tchar(b)) {
+            Some(at) if at > 0 && line[at] == b':' => at,
+            _ => return Err(Self::bad_name(line)),
+        };
         let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
-        match name.last() {
-            None => return Err(HeadError::FieldName),
-            Some(b' ' | b'\t') => return Err(HeadError::SpaceBeforeColon),
-            Some(_) if !name.iter().all(|&b| is_tchar(b)) => return Err(HeadError::FieldName),
-            Some(_) => {}
-        }
         if !field_value_ok(value) {
             return Err(HeadError::FieldValue);
         }
@@ -497,6 +501,18 @@ impl Scanner {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Why a field line whose name is not tchars up to a colon is refused.
+    fn bad_name(line: &[u8]) -> HeadError {
+        let name = match memchr::memchr(b':', line) {
+            Some(colon) => &line[..colon],
+            None => return HeadError::FieldName,
+        };
+        match name.last() {
+            Some(b' ' | b'\t') => HeadError::SpaceBeforeColon,
+            _ => HeadError::FieldName,
+        }
     }
 
     /// The empty line after the fields: decide the framing of the body.
@@ -982,6 +998,67 @@ mod tests {
         let clean: Vec<u8> = (0x20u8..0x7f).chain(0x80..=0xff).chain([b'\t']).collect();
         for w in clean.windows(8) {
             assert!(field_value_ok(w), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn one_pass_name_and_request_line_checks_agree_with_the_spelled_out_rules() {
+        // the rules as RFC 9112 spells them: split at the first colon or spaces, then check
+        fn field_rule(line: &[u8]) -> Result<(), HeadError> {
+            let colon = memchr::memchr(b':', line).ok_or(HeadError::FieldName)?;
+            let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
+            match name.last() {
+                None => return Err(HeadError::FieldName),
+                Some(b' ' | b'\t') => return Err(HeadError::SpaceBeforeColon),
+                Some(_) if !name.iter().all(|&b| is_tchar(b)) => return Err(HeadError::FieldName),
+                Some(_) => {}
+            }
+            if field_value_ok(value) {
+                Ok(())
+            } else {
+                Err(HeadError::FieldValue)
+            }
+        }
+        fn request_line_rule(line: &[u8]) -> bool {
+            let mut parts = line.splitn(3, |&b| b == b' ');
+            let (Some(method), Some(target), Some(version)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return false;
+            };
+            !method.is_empty()
+                && method.iter().all(|&b| is_tchar(b))
+                && !target.is_empty()
+                && target.iter().all(|&b| b > b' ' && b != 0x7f)
+                && matches!(version, b"HTTP/1.1" | b"HTTP/1.0")
+        }
+        // every line of up to 6 bytes over an alphabet of the bytes that matter
+        let alphabet = [b'a', b':', b' ', b'\t', b'@', 0x7f, 0x01, b'/'];
+        let mut line = Vec::new();
+        for len in 0..=6u32 {
+            for mut n in 0..8usize.pow(len) {
+                line.clear();
+                for _ in 0..len {
+                    line.push(alphabet[n % 8]);
+                    n /= 8;
+                }
+                if !matches!(line.first(), Some(b' ' | b'\t')) {
+                    assert_eq!(scanner().field(&line, true), field_rule(&line), "{line:?}");
+                }
+                for (prefix, suffix) in [
+                    (&b""[..], &b" HTTP/1.1"[..]),
+                    (b"GET ", b" HTTP/1.0"),
+                    (b"", b""),
+                ] {
+                    let whole = [prefix, &line[..], suffix].concat();
+                    let mut s = scanner();
+                    assert_eq!(
+                        s.request_line(&whole).is_ok(),
+                        request_line_rule(&whole),
+                        "{whole:?}"
+                    );
+                }
+            }
         }
     }
 
