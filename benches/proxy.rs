@@ -46,10 +46,14 @@ async fn backend(rt: &Runtime) -> SocketAddr {
     addr
 }
 
+/// The timeouts are raised: the throughput case's connections are opened at the start and
+/// wait through the other cases without a request, longer than `clientHeader`'s default
+/// 10 s after which the proxy closes such a connection.
 fn config(v1: SocketAddr, v2: SocketAddr) -> String {
     format!(
         "apiVersion: splitproxy.dev/v1alpha1\nkind: Proxy\nmetadata:\n  name: bench\nspec:\n  \
-         listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  services:\n    v1: [\"{v1}\"]\n    \
+         listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  timeouts:\n    clientHeader: 10m\n    \
+         idle: 10m\n  services:\n    v1: [\"{v1}\"]\n    \
          v2: [\"{v2}\"]\n---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\n\
          metadata:\n  name: web\n  namespace: default\nspec:\n  service: my-website\n  \
          backends:\n  - service: v1\n    weight: 50\n  - service: v2\n    weight: 50\n"
