@@ -513,7 +513,10 @@ impl Forwarded {
 /// Rewrite a downstream request for the upstream: origin-form URI, hop-by-hop headers
 /// removed, forwarding headers set, client identity replaced.
 pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
-    let upgrade = if req.version() == Version::HTTP_11 {
+    // one pass over the names finds what is rewritten or removed, and the Host field: a
+    // hashed lookup per field asked for costs more than comparing the few names there are
+    let (seen, host_field) = scan_request(req.headers());
+    let upgrade = if req.version() == Version::HTTP_11 && seen & CONNECTION_BIT != 0 {
         upgrade_protocol(req.headers())
     } else {
         None
@@ -531,11 +534,7 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
             }
             Err(_) => HeaderValue::from_static(""),
         },
-        None => req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .unwrap_or_else(|| HeaderValue::from_static("")),
+        None => host_field.unwrap_or_else(|| HeaderValue::from_static("")),
     };
 
     // the usual HTTP/1.1 request is origin-form already: nothing to rebuild
@@ -550,7 +549,6 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
-    let seen = scan(headers);
     // looked at only when the client sent TE at all
     let te_trailers = seen & TE_BIT != 0 && lists_trailers(headers);
     strip_seen(headers, seen);
@@ -651,25 +649,44 @@ static NEVER_NOMINATED: [&HeaderName; 3] = [
 ];
 
 fn scan(headers: &HeaderMap) -> u16 {
+    headers.keys().fold(0, |seen, name| seen | name_bit(name))
+}
+
+/// `scan` of a request, which also takes the first `Host` value.
+fn scan_request(headers: &HeaderMap) -> (u16, Option<HeaderValue>) {
     let mut seen = 0;
-    for name in headers.keys() {
-        if name == header::CONNECTION {
-            seen |= CONNECTION_BIT;
-        } else if name == X_FORWARDED_CLIENT_CERT {
-            seen |= XFCC_BIT;
-        } else if name == accesslog::X_REQUEST_ID {
-            seen |= REQUEST_ID_BIT;
-        } else if name == X_FORWARDED_FOR {
-            seen |= XFF_BIT;
-        } else if name == X_FORWARDED_PROTO {
-            seen |= XFP_BIT;
-        } else if name == X_FORWARDED_HOST {
-            seen |= XFH_BIT;
-        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            seen |= 2 << i;
+    let mut host = None;
+    for (name, value) in headers {
+        if name == header::HOST {
+            host.get_or_insert_with(|| value.clone());
+        } else {
+            seen |= name_bit(name);
         }
     }
-    seen
+    (seen, host)
+}
+
+/// The bit of a name the request path rewrites or removes; 0 for the others.
+#[inline]
+fn name_bit(name: &HeaderName) -> u16 {
+    if name == header::CONNECTION {
+        CONNECTION_BIT
+    } else if name == X_FORWARDED_CLIENT_CERT {
+        XFCC_BIT
+    } else if name == accesslog::X_REQUEST_ID {
+        REQUEST_ID_BIT
+    } else if name == X_FORWARDED_FOR {
+        XFF_BIT
+    } else if name == X_FORWARDED_PROTO {
+        XFP_BIT
+    } else if name == X_FORWARDED_HOST {
+        XFH_BIT
+    } else {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| *h == name)
+            .map_or(0, |i| 2 << i)
+    }
 }
 
 /// Remove hop-by-hop headers (RFC 9110 section 7.6.1): those named in `Connection`, then
