@@ -521,7 +521,6 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
     } else {
         None
     };
-    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
 
     // The backend gets the Host the route was chosen by (`routing::request_host`): the
     // authority of an h2 request or of an absolute-form target wins over a `host` header
@@ -534,8 +533,11 @@ pub fn prepare_request<B>(req: &mut Request<B>, conn: &ConnInfo) -> Prepared {
             }
             Err(_) => HeaderValue::from_static(""),
         },
-        None => host_field.unwrap_or_else(|| HeaderValue::from_static("")),
+        None => host_field
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("")),
     };
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut *req));
 
     // the usual HTTP/1.1 request is origin-form already: nothing to rebuild
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -652,13 +654,14 @@ fn scan(headers: &HeaderMap) -> u16 {
     headers.keys().fold(0, |seen, name| seen | name_bit(name))
 }
 
-/// `scan` of a request, which also takes the first `Host` value.
-fn scan_request(headers: &HeaderMap) -> (u16, Option<HeaderValue>) {
+/// `scan` of a request, which also finds the first `Host` value (cloned only when the
+/// request has no authority to take the Host from).
+fn scan_request(headers: &HeaderMap) -> (u16, Option<&HeaderValue>) {
     let mut seen = 0;
     let mut host = None;
     for (name, value) in headers {
         if name == header::HOST {
-            host.get_or_insert_with(|| value.clone());
+            host.get_or_insert(value);
         } else {
             seen |= name_bit(name);
         }
