@@ -20,9 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, Entry, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
 use http_body_util::Either;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access::Principal;
@@ -35,7 +33,9 @@ use crate::response::{error_chain, Body, ProxyError};
 use crate::routing::{Backend, Picked, RoutingTable, Split, Tried};
 use crate::timer::LazyTimer;
 use crate::upstream::h1::Io;
-use crate::upstream::{Added, BodyError, RequestBody, SendError, Upstream, UpstreamBody};
+use crate::upstream::{
+    Added, BodyError, ClientBody, RequestBody, SendError, Upstream, UpstreamBody,
+};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -147,10 +147,10 @@ impl SerialTimer {
 /// Serve one request. Never fails: errors become the proxy's own responses. The timer
 /// starts here, and `answer` counts every request once, whoever answered it. With the
 /// access log on, an `Entry` follows the request (one branch when it is off).
-pub async fn handle(
+pub async fn handle<B: ClientBody>(
     worker: &Worker,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Response<LogBody> {
     let started = Instant::now();
     // the table is held for the request's life: a retry picks again from the same one
@@ -264,11 +264,11 @@ struct Forward<'t> {
 }
 
 impl Forward<'_> {
-    async fn send(
+    async fn send<B: ClientBody>(
         &mut self,
         upstream: &Upstream,
         conn: &ConnInfo,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
     ) -> Result<Response<Body>, ProxyError> {
         let Prepared {
             upgrade: downstream_upgrade,
@@ -282,7 +282,8 @@ impl Forward<'_> {
         let retry = self.table.retries > 0 && self.split.alternatives;
         let replay = Replay::of(&req, retry && self.backend.transport.h2);
         let received = self.received.take();
-        let req = req.map(|body| RequestBody::new(body, self.table.body_limit).counting(received));
+        let limit = self.table.body_limit;
+        let req = req.map(|body| body.into_request_body(limit).counting(received));
         let timeout = self.table.timeouts.upstream;
         let deadline = self.started + timeout;
         // one deadline for the whole exchange, retries included (as Envoy's route timeout)
@@ -429,7 +430,7 @@ struct Replay {
 
 impl Replay {
     /// `retry`: a retry is allowed and has somewhere to go.
-    fn of(req: &Request<Incoming>, retry: bool) -> Option<Replay> {
+    fn of<B: http_body::Body>(req: &Request<B>, retry: bool) -> Option<Replay> {
         let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         (retry && safe && req.body().is_end_stream()).then(|| Replay {
             method: req.method().clone(),

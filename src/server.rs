@@ -22,6 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -41,6 +42,8 @@ use crate::metrics::BackendCounters;
 use crate::proxy::{self, ConnInfo};
 use crate::response::{error_chain, local_response, Body};
 use crate::tls;
+
+mod h1;
 
 /// Pause after an accept error (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -274,6 +277,18 @@ where
         let conn = Rc::new(if http2 { conn } else { conn.serial() });
         let peer = conn.peer;
         let (timeouts, limits) = (&settings.timeouts, &settings.limits);
+        let unrouted = settings.unrouted.clone();
+        let mut guard = H1Guard::new(io, timeouts, limits, h2, unrouted).already_read(first);
+        let mut rest = Bytes::new();
+        if !http2 {
+            // the common HTTP/1.1 request is served here; hyper takes the connection over
+            // at the first one it does not serve (boxed: sized for a whole request)
+            let fast = Box::pin(h1::serve(&mut guard, &worker, &conn, closing));
+            match fast.await {
+                h1::Ended::Closed => return,
+                h1::Ended::Handoff(read) => rest = read,
+            }
+        }
         let max_fields = limits.request_headers;
         let service = service_fn(move |req: Request<Incoming>| {
             let (worker, conn) = (worker.clone(), conn.clone());
@@ -286,9 +301,7 @@ where
                 Ok::<_, Infallible>(proxy::handle(&worker, &conn, req).await)
             }
         });
-        let unrouted = settings.unrouted.clone();
-        let guard = H1Guard::new(io, timeouts, limits, h2, unrouted).already_read(first);
-        let io = TokioIo::new(guard);
+        let io = TokioIo::new(h1::Rewind::new(rest, guard));
         let ended = if http2 {
             let connection =
                 Box::pin(http2_builder(timeouts, limits).serve_connection(io, service));

@@ -12,6 +12,7 @@
 //! the endpoint is not blamed. No state is shared with the
 //! request path: the error itself carries the news.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,6 +68,51 @@ impl RequestBody {
             limit: u64::MAX,
             received: None,
         }
+    }
+}
+
+/// A request body as the client's connection delivers it: hyper's `Incoming`, or none (a
+/// bodiless HTTP/1.1 request the proxy's own server parsed, `server::h1`).
+pub trait ClientBody: Body {
+    /// The body to send upstream, cut past `limit` (see `RequestBody::new`).
+    fn into_request_body(self, limit: Option<u64>) -> RequestBody;
+}
+
+impl ClientBody for Incoming {
+    #[inline]
+    fn into_request_body(self, limit: Option<u64>) -> RequestBody {
+        RequestBody::new(self, limit)
+    }
+}
+
+/// The body of a request that has none.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoBody;
+
+impl Body for NoBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(0)
+    }
+}
+
+impl ClientBody for NoBody {
+    #[inline]
+    fn into_request_body(self, _: Option<u64>) -> RequestBody {
+        RequestBody::empty()
     }
 }
 

@@ -468,7 +468,7 @@ fn trailer_allowed(name: &HeaderName) -> bool {
     .contains(name)
 }
 
-fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -482,7 +482,7 @@ fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
     buf.extend_from_slice(&digits[i..]);
 }
 
-fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
+pub(crate) fn push_hex(buf: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {

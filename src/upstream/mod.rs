@@ -28,7 +28,7 @@ use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-pub use self::body::{BodyError, RequestBody};
+pub use self::body::{BodyError, ClientBody, NoBody, RequestBody};
 use self::pool::H2Take;
 pub use self::pool::{Pool, PoolKey};
 pub use self::tls::{Tls, TlsClientError, TlsClientKey};

@@ -1354,3 +1354,133 @@ async fn an_expect_100_continue_upload_goes_through_with_the_backends_100_droppe
     }
     assert_eq!((backend.heads(), backend.conns()), (2, 1));
 }
+
+// === the proxy's own HTTP/1.1 server against hyper's ===
+
+/// What the backend answers to `/case/N` (a HEAD gets the head alone); cases marked
+/// `true` close the connection after (a body to the close, an HTTP/1.0 backend).
+const CASES: &[(&[u8], &[u8], bool)] = &[
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nX-A: 1\r\nX-A: 2\r\n\r\n", b"hello", false),
+    (b"HTTP/1.1 204 No Content\r\nX-B: 1\r\n\r\n", b"", false),
+    (b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", b"", false),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n", b"3\r\nabc\r\n0\r\nx-sum: 9\r\nx-other: 1\r\n\r\n", false),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"streamed to the close", true),
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"", false),
+    (b"HTTP/1.1 599 Whatever\r\nContent-Length: 2\r\n\r\n", b"ok", false),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\r\n", b"", false),
+    (b"HTTP/1.1 500 Internal Server Error\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 3\r\n\r\nerr", b"", false),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", b"hi", true),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"4\r\nwxyz\r\n0\r\n\r\n", false),
+];
+
+/// The body of the large case (`/case/big`): larger than a read, written in pieces.
+const BIG: usize = 300_000;
+
+async fn case_backend() -> RawBackend {
+    RawBackend::spawn(|mut c| async move {
+        while let Some(req) = c.request().await {
+            let head_only = req.head.line.starts_with("HEAD ");
+            let target = req.head.target().to_string();
+            if target == "/case/big" {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                c.wire.write(head.as_bytes()).await;
+                if !head_only {
+                    for piece in vec![b'x'; BIG].chunks(70_000) {
+                        c.wire.write(piece).await;
+                    }
+                }
+                continue;
+            }
+            let n: usize = target
+                .strip_prefix("/case/")
+                .and_then(|n| n.parse().ok())
+                .expect("a case number");
+            let (head, body, close) = CASES[n];
+            c.wire.write(head).await;
+            if !head_only {
+                c.wire.write(body).await;
+            }
+            if close {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// `bytes` with every `date: ...` value (29 characters) masked: the two servers may
+/// answer in different seconds.
+fn masked(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("\r\ndate: ") {
+        let end = (at + 8 + 29).min(rest.len());
+        out.push_str(&rest[..at + 8]);
+        out.push('*');
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every byte a client reads, to the proxy's close, for `requests` sent at once.
+async fn exchange_raw(proxy: SocketAddr, requests: &[u8]) -> Vec<u8> {
+    let mut client = Wire::connect(proxy).await;
+    client.write(requests).await;
+    client.rest().await
+}
+
+/// A request head; with `via_hyper`, padded past the fields the proxy's own server
+/// parses (32), which hands the connection to hyper's server: nothing else differs.
+fn case_request(method: &str, target: &str, extra: &str, via_hyper: bool) -> String {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: web\r\n{extra}");
+    if via_hyper {
+        for i in 0..33 {
+            req += &format!("x-pad-{i}: 1\r\n");
+        }
+    }
+    req + "\r\n"
+}
+
+/// The proxy's HTTP/1.1 server (bodiless requests) answers byte for byte as hyper's
+/// (everything else) does: status lines, framing for HEAD, 204, 304, bodies to the close
+/// and unknown lengths, joined and added `connection` values, trailers only when declared
+/// and asked for, a date only when the backend gave none; alone and behind a pipelined
+/// request on a kept-alive connection.
+#[tokio::test]
+async fn the_proxys_http1_server_answers_as_hypers_does() {
+    let backend = case_backend().await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut targets: Vec<String> = (0..CASES.len()).map(|n| format!("/case/{n}")).collect();
+    targets.push("/case/big".to_string());
+    let mut compared = 0;
+    for target in &targets {
+        for method in ["GET", "HEAD"] {
+            for te in ["", "TE: trailers\r\n"] {
+                let last = format!("{te}Connection: close\r\n");
+                let mut answers = Vec::new();
+                for via_hyper in [false, true] {
+                    // alone, closing
+                    let alone = case_request(method, target, &last, via_hyper);
+                    // kept alive, then a second request that closes
+                    let mut two = case_request(method, target, te, via_hyper);
+                    two += &case_request("GET", "/case/0", &last, via_hyper);
+                    let a = exchange_raw(proxy.addr, alone.as_bytes()).await;
+                    let b = exchange_raw(proxy.addr, two.as_bytes()).await;
+                    answers.push((masked(&a), masked(&b)));
+                }
+                let (ours, hypers) = (&answers[0], &answers[1]);
+                assert!(
+                    ours.0.starts_with("HTTP/1.1 "),
+                    "{method} {target}: {:?}",
+                    ours.0
+                );
+                assert_eq!(ours.0, hypers.0, "{method} {target} {te:?}, alone");
+                assert_eq!(ours.1, hypers.1, "{method} {target} {te:?}, kept alive");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, targets.len() * 4);
+}
