@@ -251,9 +251,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Other;
     }
     let target = (at(target.as_bytes()), target.len());
-    // where each field lies, so its value can be a slice of the head once frozen
-    let mut spans = [(0usize, 0usize); FEW_HEADERS];
-    let mut names: [Option<HeaderName>; FEW_HEADERS] = [const { None }; FEW_HEADERS];
+    // where each field's name and value lie, so that the value can be a slice of the
+    // head once frozen; names are compared as bytes here, made `HeaderName`s once
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); FEW_HEADERS];
     let mut asks = Asks {
         keep_alive: true,
         trailers: false,
@@ -261,47 +261,45 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let mut length = false;
     let n = req.headers.len();
     for (i, field) in req.headers.iter().enumerate() {
-        let name = match HeaderName::from_bytes(field.name.as_bytes()) {
-            Ok(name) => name,
-            Err(_) => return Parsed::Other,
-        };
-        // a body, a switch or a 100-continue: hyper's
-        if name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::EXPECT
-            || (name == header::CONTENT_LENGTH && field.value != b"0")
-        {
-            return Parsed::Other;
-        }
-        if name == header::CONTENT_LENGTH {
-            // hyper keeps one of equal lengths: a repeated one is its to serve
-            if std::mem::replace(&mut length, true) {
-                return Parsed::Other;
+        let (name, value) = (field.name.as_bytes(), field.value);
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            // a body, a switch or a 100-continue: hyper's
+            17 if is("transfer-encoding") => return Parsed::Other,
+            7 if is("upgrade") => return Parsed::Other,
+            6 if is("expect") => return Parsed::Other,
+            // a length but 0, or a repeated one (hyper keeps one of equal lengths); the
+            // guard notes the first
+            14 if is("content-length")
+                && (value != b"0" || std::mem::replace(&mut length, true)) =>
+            {
+                return Parsed::Other
             }
-        } else if name == header::CONNECTION && has_token(field.value, b"close") {
-            asks.keep_alive = false;
-        } else if name == header::TE && has_token(field.value, b"trailers") {
-            asks.trailers = true;
+            10 if is("connection") && has_token(value, b"close") => asks.keep_alive = false,
+            2 if is("te") && has_token(value, b"trailers") => asks.trailers = true,
+            _ => {}
         }
-        spans[i] = (at(field.value), field.value.len());
-        names[i] = Some(name);
+        // a head is far below 4 GiB (H1Guard's limit)
+        let span = |s: &[u8]| (at(s) as u32, s.len() as u32);
+        let ((name_at, name_len), (value_at, value_len)) = (span(name), span(value));
+        spans[i] = (name_at, name_len, value_at, value_len);
     }
     let head = buf.split_to(len).freeze();
+    let slice = |at: u32, len: u32| at as usize..(at + len) as usize;
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) else {
         // hyper answers it (400)
-        let mut rest = BytesMut::with_capacity(head.len() + buf.len());
-        rest.extend_from_slice(&head);
-        rest.extend_from_slice(buf);
-        *buf = rest;
+        unsplit(buf, &head);
         return Parsed::Other;
     };
     let mut headers = HeaderMap::with_capacity(n);
-    for (name, (start, len)) in names.iter_mut().zip(spans).take(n) {
-        if let Some(name) = name.take() {
-            // httparse checked the value's bytes
-            let value = field_value(head.slice(start..start + len));
-            headers.append(name, value);
-        }
+    for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+        let Ok(name) = HeaderName::from_bytes(&head[slice(name_at, name_len)]) else {
+            unsplit(buf, &head);
+            return Parsed::Other;
+        };
+        // httparse checked the value's bytes
+        let value = field_value(head.slice(slice(value_at, value_len)));
+        headers.append(name, value);
     }
     let mut req = Request::new(NoBody);
     *req.method_mut() = method;
@@ -309,6 +307,15 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Parsed::Request(req, asks)
+}
+
+/// Put a head split off `buf` back in front of it, for hyper (rare: a head the `http`
+/// types refuse).
+fn unsplit(buf: &mut BytesMut, head: &[u8]) {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
 }
 
 /// A field value httparse accepted (no CTL but HTAB, obs-text allowed): valid for
