@@ -30,6 +30,7 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -229,9 +230,11 @@ enum Parsed {
 
 /// Parse the head at the start of `buf`; a request this path serves is taken out of it.
 fn parse(buf: &mut BytesMut) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; FEW_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // uninitialised: zeroing room for the fields costs more than parsing a few
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; FEW_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -291,7 +294,11 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         unsplit(buf, &head);
         return Parsed::Other;
     };
-    let mut headers = HeaderMap::with_capacity(n);
+    // the fields go straight into the request's own map: a map made beside it would
+    // cost the drop of the one it replaces
+    let mut req = Request::new(NoBody);
+    let headers = req.headers_mut();
+    headers.reserve(n);
     for &(name_at, name_len, value_at, value_len) in &spans[..n] {
         let Ok(name) = HeaderName::from_bytes(&head[slice(name_at, name_len)]) else {
             unsplit(buf, &head);
@@ -301,11 +308,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         let value = field_value(head.slice(slice(value_at, value_len)));
         headers.append(name, value);
     }
-    let mut req = Request::new(NoBody);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
     Parsed::Request(req, asks)
 }
 
