@@ -1484,3 +1484,34 @@ async fn the_proxys_http1_server_answers_as_hypers_does() {
     }
     assert_eq!(compared, targets.len() * 4);
 }
+
+/// The proxy's HTTP/1.1 server puts a request's fields into the cleared map of the
+/// response before it: not one field of that response reaches the next request.
+#[tokio::test]
+async fn a_kept_alive_connection_sends_only_the_requests_own_fields() {
+    let backend = RawBackend::spawn(|mut c| async move {
+        while let Some(req) = c.request().await {
+            let answer: &[u8] = if req.head.target() == "/first" {
+                b"HTTP/1.1 200 OK\r\nX-Leak: yes\r\nContent-Type: text/x-leak\r\nContent-Length: 5\r\n\r\nfirst"
+            } else if req.head.header("x-leak").is_some()
+                || req.head.header("content-type").is_some()
+            {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nleaked"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nclean"
+            };
+            c.wire.write(answer).await;
+        }
+    })
+    .await;
+    let proxy = proxy(&[backend.addr], "").await;
+    let mut client = Wire::connect(proxy.addr).await;
+    for _ in 0..3 {
+        let first = client.get("/first").await;
+        assert_eq!(first.body, b"first");
+        assert_eq!(first.head.header("x-leak"), Some("yes"));
+        let next = client.get("/next").await;
+        assert_eq!(String::from_utf8_lossy(&next.body), "clean");
+    }
+    assert_eq!(backend.heads(), 6);
+}
