@@ -278,7 +278,10 @@ where
         let peer = conn.peer;
         let (timeouts, limits) = (&settings.timeouts, &settings.limits);
         let unrouted = settings.unrouted.clone();
-        let mut guard = H1Guard::new(io, timeouts, limits, h2, unrouted).already_read(first);
+        // boxed: held across the awaits below, by value it would size every connection's
+        // task for it, idle ones included (+0.4 KiB per idle mTLS connection in the bench)
+        let mut guard =
+            Box::new(H1Guard::new(io, timeouts, limits, h2, unrouted).already_read(first));
         let mut rest = Bytes::new();
         if !http2 {
             // the common HTTP/1.1 request is served here; hyper takes the connection over
@@ -477,6 +480,8 @@ mod tests {
             )| serve_conn(tcp, peer, worker, closing, slot),
         );
         eprintln!("connection task {task} bytes");
-        assert!(task <= 1536, "connection task {task} bytes");
+        // 896 in a debug build; a guard held by value made it 1 240 (and +0.4 KiB per idle
+        // mTLS connection in the bench)
+        assert!(task <= 1024, "connection task {task} bytes");
     }
 }
