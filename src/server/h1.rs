@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use crate::accesslog::LogBody;
 use crate::live::Worker;
 use crate::proxy::{self, ConnInfo};
-use crate::upstream::h1::{push_decimal, push_hex};
+use crate::upstream::h1::{content_length, declares, ends_chunked, push_decimal, push_hex};
 use crate::upstream::NoBody;
 
 /// Header fields a head parsed here may have; a head with more goes to hyper.
@@ -461,7 +461,7 @@ fn encode_head(
                         continue;
                     }
                     BodyLength::Unknown => {
-                        let n = parse_length(value.as_bytes()).ok_or(())?;
+                        let n = content_length(value.as_bytes()).ok_or(())?;
                         match prev_len {
                             Some(p) if p != n => return Err(()),
                             Some(_) => continue,
@@ -606,26 +606,6 @@ fn end_line(
     *open = Open::No;
 }
 
-/// hyper's `is_chunked_`: the last coding listed is `chunked`.
-fn ends_chunked(value: &[u8]) -> bool {
-    value
-        .rsplit(|b| *b == b',')
-        .next()
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// A `Content-Length` value: digits only, as hyper's `content_length_parse`.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit()
-            .then_some(())
-            .and_then(|_| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
-    })
-}
-
 thread_local! {
     /// The `date` value and the second it was made for: formatted once a second.
     static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
@@ -660,13 +640,6 @@ fn trailer_allowed(name: &HeaderName) -> bool {
         header::TE,
     ]
     .contains(name)
-}
-
-/// `Trailer: a, b` (any of the response's `Trailer` values) lists `name`.
-fn declares(declared: &[HeaderValue], name: &HeaderName) -> bool {
-    declared
-        .iter()
-        .any(|v| has_token(v.as_bytes(), name.as_str().as_bytes()))
 }
 
 /// One response's body on its way out, behind its head in `out`.
@@ -815,7 +788,7 @@ impl Writer<'_> {
         tail.extend_from_slice(b"0\r\n");
         if let (Some(trailers), Some(declared), true) = (trailers, declared, self.trailers) {
             for (name, value) in &trailers {
-                if declares(declared, name) && trailer_allowed(name) {
+                if declared.iter().any(|d| declares(d, name)) && trailer_allowed(name) {
                     tail.extend_from_slice(name.as_str().as_bytes());
                     tail.extend_from_slice(b": ");
                     tail.extend_from_slice(value.as_bytes());

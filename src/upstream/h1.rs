@@ -442,7 +442,7 @@ impl Writer {
 }
 
 /// `Trailer: a, b` lists `name`.
-fn declares(declared: &HeaderValue, name: &HeaderName) -> bool {
+pub(crate) fn declares(declared: &HeaderValue, name: &HeaderName) -> bool {
     declared.as_bytes().split(|b| *b == b',').any(|t| {
         t.trim_ascii()
             .eq_ignore_ascii_case(name.as_str().as_bytes())
@@ -690,13 +690,7 @@ fn parse_head(
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             // the last coding decides (RFC 9112 section 6.3)
-            chunked = Some(
-                value
-                    .as_bytes()
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
+            chunked = Some(ends_chunked(value.as_bytes()));
         } else if name == header::CONNECTION {
             for t in value.as_bytes().split(|b| *b == b',') {
                 let t = t.trim_ascii();
@@ -755,10 +749,24 @@ fn parse_head(
 }
 
 fn parse_length(v: &[u8]) -> Result<u64, H1Error> {
+    content_length(v).ok_or(H1Error::Invalid("bad content-length"))
+}
+
+/// A `Content-Length` value: 1 to 19 digits (below `u64::MAX`, so no overflow check).
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(H1Error::Invalid("bad content-length"));
+        return None;
     }
-    Ok(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The last coding a `Transfer-Encoding` value lists is `chunked` (RFC 9112 section
+/// 6.3; hyper's `is_chunked_`).
+pub(crate) fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Read more into the connection's buffer. A connection closed mid-body is an
