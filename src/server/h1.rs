@@ -364,7 +364,7 @@ impl Framing {
 }
 
 /// The body's length as hyper's server sees it.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum BodyLength {
     /// The body is empty (`is_end_stream`).
     Empty,
@@ -491,11 +491,8 @@ fn encode_head(
                 must_chunk = !ends_chunked(value.as_bytes());
                 if open == Open::No {
                     framing = Framing::Chunked(None);
-                    start_line(dst, b"transfer-encoding: ", value);
-                    open = Open::Coding;
-                } else {
-                    join(dst, value);
                 }
+                value_line(dst, &mut open, Open::Coding, b"transfer-encoding: ", value);
                 continue;
             }
             header::CONNECTION => {
@@ -504,12 +501,7 @@ fn encode_head(
                     saw_close = true;
                     last = true;
                 }
-                if open == Open::No {
-                    start_line(dst, b"connection: ", value);
-                    open = Open::Join;
-                } else {
-                    join(dst, value);
-                }
+                value_line(dst, &mut open, Open::Join, b"connection: ", value);
                 continue;
             }
             header::DATE => wrote_date = true,
@@ -518,12 +510,7 @@ fn encode_head(
                     continue;
                 }
                 declared.get_or_insert_with(Vec::new).push(value.clone());
-                if open == Open::No {
-                    start_line(dst, b"trailer: ", value);
-                    open = Open::Join;
-                } else {
-                    join(dst, value);
-                }
+                value_line(dst, &mut open, Open::Join, b"trailer: ", value);
                 continue;
             }
             _ => {}
@@ -580,9 +567,22 @@ fn start_line(dst: &mut Vec<u8>, name_colon: &[u8], value: &HeaderValue) {
     dst.extend_from_slice(value.as_bytes());
 }
 
-fn join(dst: &mut Vec<u8>, value: &HeaderValue) {
-    dst.extend_from_slice(b", ");
-    dst.extend_from_slice(value.as_bytes());
+/// A value of a name whose values share one line: the line starts (as `kind`), or the
+/// value joins the open one.
+fn value_line(
+    dst: &mut Vec<u8>,
+    open: &mut Open,
+    kind: Open,
+    name_colon: &[u8],
+    value: &HeaderValue,
+) {
+    if *open == Open::No {
+        start_line(dst, name_colon, value);
+        *open = kind;
+    } else {
+        dst.extend_from_slice(b", ");
+        dst.extend_from_slice(value.as_bytes());
+    }
 }
 
 /// End a line of joined values, if one is open; `close` is added to a `Connection` line
@@ -779,37 +779,24 @@ impl Writer<'_> {
             }
             Framing::Chunked(declared) => declared,
         };
-        // the CRLF after a large chunk goes behind it: `data` is written after `out`
-        let owed = std::mem::take(&mut self.crlf_owed);
-        let mut tail = Vec::new();
-        if owed {
-            tail.extend_from_slice(b"\r\n");
+        // only called with no large frame pending (the gather loop stops on one), so the
+        // end goes straight behind what is gathered
+        let out = &mut *self.out;
+        if std::mem::take(&mut self.crlf_owed) {
+            out.extend_from_slice(b"\r\n");
         }
-        tail.extend_from_slice(b"0\r\n");
+        out.extend_from_slice(b"0\r\n");
         if let (Some(trailers), Some(declared), true) = (trailers, declared, self.trailers) {
             for (name, value) in &trailers {
                 if declared.iter().any(|d| declares(d, name)) && trailer_allowed(name) {
-                    tail.extend_from_slice(name.as_str().as_bytes());
-                    tail.extend_from_slice(b": ");
-                    tail.extend_from_slice(value.as_bytes());
-                    tail.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(name.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value.as_bytes());
+                    out.extend_from_slice(b"\r\n");
                 }
             }
         }
-        tail.extend_from_slice(b"\r\n");
-        self.push_after_data(&tail);
-    }
-
-    /// Bytes that follow everything gathered so far, a large frame included.
-    fn push_after_data(&mut self, bytes: &[u8]) {
-        match self.data.take() {
-            None => self.out.extend_from_slice(bytes),
-            Some(data) => {
-                // rare (a large last chunk and its end ready together): copy it behind
-                self.out.extend_from_slice(&data);
-                self.out.extend_from_slice(bytes);
-            }
-        }
+        out.extend_from_slice(b"\r\n");
     }
 }
 

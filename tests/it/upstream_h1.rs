@@ -1454,7 +1454,6 @@ async fn the_proxys_http1_server_answers_as_hypers_does() {
     let proxy = proxy(&[backend.addr], "").await;
     let mut targets: Vec<String> = (0..CASES.len()).map(|n| format!("/case/{n}")).collect();
     targets.push("/case/big".to_string());
-    let mut compared = 0;
     for target in &targets {
         for method in ["GET", "HEAD"] {
             for te in ["", "TE: trailers\r\n"] {
@@ -1478,11 +1477,9 @@ async fn the_proxys_http1_server_answers_as_hypers_does() {
                 );
                 assert_eq!(ours.0, hypers.0, "{method} {target} {te:?}, alone");
                 assert_eq!(ours.1, hypers.1, "{method} {target} {te:?}, kept alive");
-                compared += 1;
             }
         }
     }
-    assert_eq!(compared, targets.len() * 4);
 }
 
 /// The proxy's HTTP/1.1 server puts a request's fields into the cleared map of the
