@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -354,29 +355,52 @@ async fn watched<C: Future>(
     closing: &mut watch::Receiver<()>,
     shut: impl FnOnce(Pin<&mut C>),
 ) -> C::Output {
-    // `changed` is polled once, which leaves the task's waker with the channel; every later
-    // poll of the connection (several per request) only compares versions through a clone,
-    // an atomic load instead of a poll of the channel's `Notified`
     let probe = closing.clone();
-    let mut changed = pin!(closing.changed());
-    let mut registered = false;
+    let changed = pin!(closing.changed());
+    let mut shutdown = Shutdown::new(probe, changed);
     let mut shut = Some(shut);
     poll_fn(|cx| {
-        if shut.is_some() {
-            let asked = if registered {
-                // a send, or the sender gone
-                !matches!(probe.has_changed(), Ok(false))
-            } else {
-                registered = true;
-                changed.as_mut().poll(cx).is_ready()
-            };
-            if let Some(shut) = shut.take_if(|_| asked) {
-                shut(connection.as_mut());
-            }
+        if let Some(shut) = shut.take_if(|_| shutdown.asked(cx)) {
+            shut(connection.as_mut());
         }
         connection.as_mut().poll(cx)
     })
     .await
+}
+
+/// The worker's shutdown, seen from one connection. The channel is polled once, which
+/// leaves the task's waker with it; every later check (several per request) compares
+/// versions through a clone, an atomic load instead of a poll of the channel's `Notified`.
+struct Shutdown<'a, F> {
+    probe: watch::Receiver<()>,
+    changed: Pin<&'a mut F>,
+    registered: bool,
+}
+
+impl<'a, F: Future> Shutdown<'a, F> {
+    /// `probe`: a clone of the receiver `changed` was made from.
+    fn new(probe: watch::Receiver<()>, changed: Pin<&'a mut F>) -> Self {
+        Shutdown {
+            probe,
+            changed,
+            registered: false,
+        }
+    }
+
+    /// Whether the worker asked its connections to finish; the first call registers the
+    /// task's waker.
+    fn asked(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.registered {
+            return self.asked_now();
+        }
+        self.registered = true;
+        self.changed.as_mut().poll(cx).is_ready()
+    }
+
+    /// A send, or the sender gone.
+    fn asked_now(&self) -> bool {
+        !matches!(self.probe.has_changed(), Ok(false))
+    }
 }
 
 /// hyper's HTTP/1.1 server for one connection, its limits raised to the configured ones.

@@ -49,6 +49,8 @@ use crate::proxy::{self, ConnInfo};
 use crate::upstream::h1::{content_length, declares, ends_chunked, push_decimal, push_hex};
 use crate::upstream::NoBody;
 
+use super::Shutdown;
+
 /// Header fields a head parsed here may have; a head with more goes to hyper.
 const FEW_HEADERS: usize = 32;
 /// A cleared response map kept for the next request up to this capacity (an idle
@@ -83,11 +85,9 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut shutdown = Shutdown {
-        probe: closing.clone(),
-        changed: pin!(closing.changed()),
-        registered: false,
-    };
+    let probe = closing.clone();
+    let changed = pin!(closing.changed());
+    let mut shutdown = Shutdown::new(probe, changed);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     // the last response's field map, cleared: the next request's fields go into it, which
@@ -180,29 +180,6 @@ where
             // a large head or body let go: an idle connection keeps little
             out = Vec::new();
         }
-    }
-}
-
-/// The worker's shutdown, seen from the connection: the channel is polled once, which
-/// leaves the task's waker with it; later checks compare versions (an atomic load).
-struct Shutdown<'a, F> {
-    probe: watch::Receiver<()>,
-    changed: Pin<&'a mut F>,
-    registered: bool,
-}
-
-impl<F: Future> Shutdown<'_, F> {
-    fn asked(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.registered {
-            return self.asked_now();
-        }
-        self.registered = true;
-        self.changed.as_mut().poll(cx).is_ready()
-    }
-
-    /// A send, or the sender gone.
-    fn asked_now(&self) -> bool {
-        !matches!(self.probe.has_changed(), Ok(false))
     }
 }
 
