@@ -147,7 +147,9 @@ impl Upstream {
         loop {
             let (conn, reused) = match self.pool.take(key) {
                 Some(conn) => (conn, true),
-                None => match connect(transport, addr, connect_timeout).await {
+                // boxed, as below: a connect is rare, and by value its future would size
+                // every request's future for it (the request's own state is ~1 KiB)
+                None => match Box::pin(connect(transport, addr, connect_timeout)).await {
                     Ok(conn) => (conn, false),
                     Err(error) => {
                         return Err(Box::new(SendError {
@@ -208,19 +210,22 @@ impl Upstream {
                     notify.notified().await;
                     continue;
                 }
-                H2Take::Connect(opening) => match connect_h2(transport, key.addr, timeout).await {
-                    Ok(sender) => {
-                        opening.opened(&sender);
-                        sender
+                // boxed: hyper's HTTP/2 handshake future is ~18 KiB
+                H2Take::Connect(opening) => {
+                    match Box::pin(connect_h2(transport, key.addr, timeout)).await {
+                        Ok(sender) => {
+                            opening.opened(&sender);
+                            sender
+                        }
+                        Err(error) => {
+                            return Err(Box::new(SendError {
+                                error,
+                                unsent: Some(h1_form(req, added)),
+                                written: None,
+                            }))
+                        }
                     }
-                    Err(error) => {
-                        return Err(Box::new(SendError {
-                            error,
-                            unsent: Some(h1_form(req, added)),
-                            written: None,
-                        }))
-                    }
-                },
+                }
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(|inner| UpstreamBody(Inner::H2(inner)))),
