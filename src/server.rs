@@ -45,6 +45,7 @@ use crate::response::{error_chain, local_response, Body};
 use crate::tls;
 
 mod h1;
+mod h2;
 
 /// Pause after an accept error (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -307,9 +308,12 @@ where
         });
         let io = TokioIo::new(h1::Rewind::new(rest, guard));
         let ended = if http2 {
-            let connection =
-                Box::pin(http2_builder(timeouts, limits).serve_connection(io, service));
-            watched(connection, closing, |c| c.graceful_shutdown()).await
+            let exec = h2::StreamExec::default();
+            let builder = http2_builder(exec.clone(), timeouts, limits);
+            let connection = Box::pin(builder.serve_connection(io, service));
+            let watched = watched(connection, closing, |c| c.graceful_shutdown());
+            // boxed: with its set of streams, by value it would size every connection's task
+            Box::pin(h2::serve(&exec, watched)).await
         } else {
             let connection = http1_builder(limits).serve_connection(io, service);
             let connection = Box::pin(connection.with_upgrades());
@@ -421,8 +425,12 @@ fn http1_builder(limits: &Limits) -> http1::Builder {
 }
 
 /// hyper's HTTP/2 server for one connection.
-fn http2_builder(timeouts: &Timeouts, limits: &Limits) -> http2::Builder<LocalExec> {
-    let mut http2 = http2::Builder::new(LocalExec);
+fn http2_builder(
+    exec: h2::StreamExec,
+    timeouts: &Timeouts,
+    limits: &Limits,
+) -> http2::Builder<h2::StreamExec> {
+    let mut http2 = http2::Builder::new(exec);
     http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(timeouts.idle))
@@ -448,19 +456,6 @@ fn too_many_fields(worker: &Worker) -> hyper::Response<Body> {
         status,
         "request header fields too large: too many fields\n".to_string(),
     )
-}
-
-/// hyper's executor for a worker: HTTP/2 stream tasks stay on the worker's thread.
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }
 
 /// Counts a downstream connection in `active_connections` for as long as it lives.
