@@ -100,6 +100,52 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// HTTP/2 streams run in their connection's task (server/h2.rs): the streams in flight
+/// when SIGTERM arrives are still driven to their answers after the GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_http2_streams_in_flight() {
+    use http_body_util::BodyExt;
+    let v1 = Backend::spawn("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = proxy_doc(
+        &[("web-v1", v1.addr)],
+        "shutdown:\n  delay: 0s\n  grace: 5s",
+    ) + &split_doc("s", "web", &[("web-v1", 1)]);
+    let (mut child, addr, _) = spawn(dir.path(), &yaml);
+    let client = crate::versions::h2_prior_knowledge(addr).await;
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get("http://web/slow/600")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let resp = client.send_request(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v1.hits() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the streams never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    signal(&child, "TERM");
+    for stream in slow {
+        let (status, body) = stream.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"v1"[..]));
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_bad_config_at_start_exits_1() {
     let (v1, v2) = (Backend::spawn("v1").await, Backend::spawn("v2").await);
