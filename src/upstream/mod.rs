@@ -148,7 +148,7 @@ impl Upstream {
             let (conn, reused) = match self.pool.take(key) {
                 Some(conn) => (conn, true),
                 // boxed, as below: a connect is rare, and by value its future would size
-                // every request's future for it (the request's own state is ~1 KiB)
+                // every request's future for it (README, fifth pass)
                 None => match Box::pin(connect(transport, addr, connect_timeout)).await {
                     Ok(conn) => (conn, false),
                     Err(error) => {
@@ -210,7 +210,7 @@ impl Upstream {
                     notify.notified().await;
                     continue;
                 }
-                // boxed: hyper's HTTP/2 handshake future is ~18 KiB
+                // boxed: hyper's HTTP/2 handshake future is most of a request's otherwise
                 H2Take::Connect(opening) => {
                     match Box::pin(connect_h2(transport, key.addr, timeout)).await {
                         Ok(sender) => {
