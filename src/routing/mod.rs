@@ -301,8 +301,12 @@ pub fn strip_port(host: &str) -> &str {
             None => host,
         };
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    // the digits after the last ':', scanned as bytes from the end: this runs on every
+    // request, and `rsplit_once`'s char searcher counted more (README, sixth pass)
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    match b.len().checked_sub(digits + 1) {
+        Some(colon) if b[colon] == b':' => &host[..colon],
         _ => host,
     }
 }
@@ -498,5 +502,11 @@ mod tests {
         assert_eq!(strip_port("a.b"), "a.b");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("a.b:"), "a.b");
+        assert_eq!(strip_port(":80"), "");
+        assert_eq!(strip_port("a:b:80"), "a:b");
+        assert_eq!(strip_port("a:x80"), "a:x80");
+        assert_eq!(strip_port("80"), "80");
+        assert_eq!(strip_port(""), "");
     }
 }
