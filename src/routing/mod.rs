@@ -302,7 +302,7 @@ pub fn strip_port(host: &str) -> &str {
         };
     }
     // the digits after the last ':', scanned as bytes from the end: this runs on every
-    // request, and `rsplit_once`'s char searcher counted more (README, sixth pass)
+    // request, and `rsplit_once`'s char searcher counted more (README, "Where issue 13 stands")
     let b = host.as_bytes();
     let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
     match b.len().checked_sub(digits + 1) {
