@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -378,13 +378,9 @@ async fn retries(proxy: &Proxy) -> f64 {
         .expect("a number")
 }
 
-/// Wait (bounded) until `ok` holds.
+/// Wait, `DEADLINE` at most, until `ok` holds.
 async fn eventually(what: &str, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    crate::support::eventually(what, DEADLINE, ok).await
 }
 
 fn assert_proxy_error(resp: &Message, status: u16, backend: SocketAddr) {

@@ -296,6 +296,15 @@ impl Proxy {
     }
 }
 
+/// Wait, `within` at most, until `ok` holds; fails the test naming `what` otherwise.
+pub async fn eventually(what: &str, within: Duration, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 pub fn rewrite(path: &Path, yaml: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, yaml).expect("write tmp");
