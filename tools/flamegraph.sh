@@ -5,9 +5,11 @@
 #   h2  HTTP/2 over mTLS, `splitload --h2 -c 8 --streams 8`
 # Each: `perf record -F 999 --call-graph dwarf,16384 -p PID` for 3 s in the middle of a 6 s
 # load, folded by `inferno-collapse-perf --all` (kernel frames marked _[k]) and drawn by
-# `inferno-flamegraph --minwidth 0.5` into OUT/flamegraph-xeon-{h1,h2}.svg.
+# `inferno-flamegraph --minwidth 0.5` into OUT/PREFIX-{h1,h2}.svg.
 #
-#   bash tools/flamegraph.sh [BINARY] [OUT]   (defaults: target/release/splitproxy, docs)
+#   bash tools/flamegraph.sh [BINARY] [OUT] [PREFIX]
+#     defaults: target/release/splitproxy, docs, flamegraph-xeon (the machine of the
+#     graphs in docs/; name another machine's otherwise)
 #
 # needs perf (linux-perf), inferno (`cargo install inferno`), the bench set up (bash
 # ../shared/bench/setup.sh). Kernel frames need perf_event_paranoid <= -1: as root it is
@@ -20,6 +22,7 @@ bench=${BENCH_DIR:-$root/../shared/bench}
 source "$bench/lib/env.sh"
 bin=$(realpath "${1:-$root/target/release/splitproxy}")
 out=${2:-$root/docs}
+prefix=${3:-flamegraph-xeon}
 for t in perf inferno-collapse-perf inferno-flamegraph taskset; do
   command -v "$t" >/dev/null || { echo "flamegraph.sh: needs $t" >&2; exit 1; }
 done
@@ -51,7 +54,7 @@ for kind in h1 h2; do
   SPLITPROXY_BIN=$bin bash "$bench/proxies/splitproxy.sh" stop
   perf script -i "$tmp/$kind.data" 2>/dev/null | inferno-collapse-perf --all >"$tmp/$kind.folded"
   inferno-flamegraph --minwidth 0.5 --title "splitproxy $kind, git $rev" <"$tmp/$kind.folded" \
-    >"$out/flamegraph-xeon-$kind.svg"
-  echo "$kind: $out/flamegraph-xeon-$kind.svg; kernel share of samples:" \
+    >"$out/$prefix-$kind.svg"
+  echo "$kind: $out/$prefix-$kind.svg; kernel share of samples:" \
     "$(awk '{n=$NF; t+=n; if ($0 ~ /_\[k\] [0-9]+$/) k+=n} END {printf "%.0f%%", 100*k/t}' "$tmp/$kind.folded")"
 done
